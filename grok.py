@@ -18,6 +18,7 @@ Launch commands:
 Running the same command again resumes from the last checkpoint (or says it is done).
 """
 import argparse
+import ctypes
 import dataclasses
 import itertools
 import json
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
 # Config
@@ -63,7 +65,7 @@ class Config:
     device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda"
     threads: int = 0  # CPU threads for torch (0 = torch's default)
     bench: bool = False  # time bench_epochs epochs (train step + test forward) instead of training
-    bench_epochs: int = 20  # epochs timed by --bench, after 3 warm-up epochs
+    bench_epochs: int = 50  # epochs timed by --bench, after 3 warm-up epochs
 
 
 # Settings that may change when a run resumes; every other key must match the saved run.
@@ -216,51 +218,93 @@ def init_params(dims, seed):
     return out
 
 
-def forward_last(params, tokens):
-    """Logits at the final position for every input of every run: tokens [R, B, n_ctx] -> [R, B, n_out].
-
-    Only the final position's logits are ever read. With one layer, the residual stream at
-    position j before the layer is W_E[token_j] + W_pos[j], a function of that one token, so
-    keys and values at every position come from small per-(position, token) tables, and the
-    query, attention pattern, attention output, MLP and unembedding are needed only at the
-    last position: no later layer could read the other positions. This is exact, not an
-    approximation (tests/test_grok.py checks it against an all-positions forward).
-    """
-    W_E, W_pos, W_O = params["W_E"], params["W_pos"], params["W_O"]
+def attention_pattern(params, tokens):
+    """Per-(position, token) residual table [R, n_ctx*d_vocab, d_model], its row for each input
+    [R, B, n_ctx] (offset by run), and the last position's attention pattern [R, B, n_ctx, n_heads]."""
+    W_E, W_pos = params["W_E"], params["W_pos"]
     R, B, n_ctx = tokens.shape
     d_vocab, d_model = W_E.shape[1:]
     n_heads, d_head = params["W_Q"].shape[1], params["W_Q"].shape[3]
-    hd = n_heads * d_head
-    # Residual stream entering the layer, for every (position, token): [R, n_ctx*d_vocab, d_model]
-    resid_tab = (W_E[:, None] + W_pos[:, :, None]).reshape(R, n_ctx * d_vocab, d_model)
-    heads = lambda W: W.permute(0, 2, 1, 3).reshape(R, d_model, hd)  # [R, d_model, n_heads*d_head]
-    q_tab = resid_tab[:, -d_vocab:] @ heads(params["W_Q"])  # queries for each last token [R, d_vocab, hd]
-    k_tab = resid_tab @ heads(params["W_K"])  # [R, n_ctx*d_vocab, hd]
-    v_tab = resid_tab @ heads(params["W_V"])  # [R, n_ctx*d_vocab, hd]
-    # Attention scores for every (last token, position j, token at j): [R, d_vocab, n_ctx*d_vocab, n_heads]
-    s_tab = torch.einsum("rqhd,rkhd->rqkh", q_tab.view(R, d_vocab, n_heads, d_head),
-                         k_tab.view(R, n_ctx * d_vocab, n_heads, d_head)) / math.sqrt(d_head)
-    # Row of each input's (position, token) in the tables, offset by run: [R, B, n_ctx]
-    run_off = torch.arange(R, device=tokens.device).view(R, 1, 1) * (n_ctx * d_vocab)
-    rows = tokens + torch.arange(n_ctx, device=tokens.device) * d_vocab
-    q_rows = (run_off * d_vocab + tokens[..., -1:] * (n_ctx * d_vocab) + rows).reshape(-1)
-    scores = s_tab.reshape(-1, n_heads).index_select(0, q_rows).view(R, B, n_ctx, n_heads)
-    # The causal mask lets the last position attend to every position, so none is needed here.
-    attn = scores.softmax(dim=2)  # [R, B, n_ctx, n_heads]
-    v_flat = v_tab.reshape(R * n_ctx * d_vocab, hd)
-    rows = rows + run_off
-    z = None  # attention's mixed values at the last position, [R, B, n_heads, d_head]
-    for j in range(n_ctx):  # one gather per position keeps the largest intermediate at [R, B, hd]
-        v_j = v_flat.index_select(0, rows[..., j].reshape(-1)).view(R, B, n_heads, d_head)
+    # The residual stream at position j entering the layer is W_E[token_j] + W_pos[j], a function
+    # of that one token: tabulate it for every (position, token): [R, n_ctx*d_vocab, d_model]
+    resid = (W_E[:, None] + W_pos[:, :, None]).reshape(R, n_ctx * d_vocab, d_model)
+    q = torch.einsum("rvd,rhde->rvhe", resid[:, -d_vocab:], params["W_Q"])  # [R, d_vocab, n_heads, d_head]
+    k = torch.einsum("rvd,rhde->rvhe", resid, params["W_K"])  # [R, n_ctx*d_vocab, n_heads, d_head]
+    # Score of every possible last-position query against every (position, token) key:
+    scores = torch.einsum("rqhe,rkhe->rqkh", q, k) / math.sqrt(d_head)  # [R, d_vocab, n_ctx*d_vocab, n_heads]
+    run = torch.arange(R, device=tokens.device).view(R, 1, 1)
+    rows = tokens + torch.arange(n_ctx, device=tokens.device) * d_vocab  # [R, B, n_ctx]
+    q_rows = ((run * d_vocab + tokens[..., -1:]) * (n_ctx * d_vocab) + rows).reshape(-1)
+    attn = scores.reshape(-1, n_heads).index_select(0, q_rows).view(R, B, n_ctx, n_heads)
+    # The causal mask lets the last position see every position, so no mask is needed here.
+    return resid, rows + run * (n_ctx * d_vocab), attn.softmax(dim=2)
+
+
+def forward_last(params, tokens):
+    """Logits at the final position for every input of every run: tokens [R, B, n_ctx] -> [R, B, n_out].
+
+    Only the final position's logits are ever read. With one layer, keys and values at every
+    position come from small per-(position, token) tables, and the query, attention output,
+    MLP and unembedding are needed only at the last position: no later layer could read the
+    other positions. This is exact, not an approximation (tests/test_grok.py checks it
+    against an all-positions forward).
+    """
+    R, B, n_ctx = tokens.shape
+    n_heads, d_head = params["W_Q"].shape[1], params["W_Q"].shape[3]
+    resid_tab, rows, attn = attention_pattern(params, tokens)
+    d_model = resid_tab.shape[-1]
+    v_tab = torch.einsum("rvd,rhde->rvhe", resid_tab, params["W_V"]).reshape(-1, n_heads * d_head)
+    z = None  # attention's mixed values at the last position: [R, B, n_heads, d_head]
+    for j in range(n_ctx):  # one gather per position keeps the largest intermediate at [R, B, n_heads*d_head]
+        v_j = v_tab.index_select(0, rows[..., j].reshape(-1)).view(R, B, n_heads, d_head)
         term = attn[:, :, j, :, None] * v_j
         z = term if z is None else z + term
-    # Residual at the last position, then attention output added by the batched matmul.
-    resid = resid_tab.reshape(R * n_ctx * d_vocab, d_model).index_select(0, rows[..., -1].reshape(-1))
-    resid = torch.baddbmm(resid.view(R, B, d_model), z.reshape(R, B, hd), W_O.reshape(R, hd, d_model))
-    # ReLU MLP with biases, in place on the fresh pre-activation to save one [R, B, d_mlp] buffer.
-    hidden = torch.baddbmm(params["b_in"][:, None], resid, params["W_in"]).relu_()  # [R, B, d_mlp]
+    # Residual at the last position, plus the attention output through W_O (one batched matmul).
+    resid = resid_tab.reshape(-1, d_model).index_select(0, rows[..., -1].reshape(-1)).view(R, B, d_model)
+    resid = torch.baddbmm(resid, z.reshape(R, B, -1), params["W_O"].reshape(R, -1, d_model))
+    # ReLU MLP with biases; the in-place ops reuse the fresh [R, B, d_mlp] buffer.
+    hidden = torch.bmm(resid, params["W_in"]).add_(params["b_in"][:, None]).relu_()  # [R, B, d_mlp]
     resid = torch.baddbmm(resid + params["b_out"][:, None], hidden, params["W_out"])  # [R, B, d_model]
     return resid @ params["W_U"]  # [R, B, n_out]
+
+
+def forward_last_folded(params, tokens, return_hidden=False):
+    """forward_last regrouped for inference (no gradients): the same logits, less work; optionally
+    also the MLP activations [R, B, d_mlp] (analysis.py reads the neurons).
+
+    With one layer and no LayerNorm, the residual stream at the last position after attention
+    is a weighted sum of table rows: attn[j, h] times the value of token_j seen through head
+    h's W_V and W_O, over positions j and heads h, plus the last token's own embedding.
+    embedding_bag forms each input's weighted sum in one pass, without the per-position
+    gathers. The direct path to the logits (W_U applied to that sum) is folded into the
+    rows too, and W_out into W_U, so the only wide matmuls left are W_in and W_out @ W_U.
+    Training uses forward_last instead: embedding_bag's backward pass sums in an order that
+    depends on the number of runs, so batched runs would drift from the same runs alone.
+    """
+    R, B, n_ctx = tokens.shape
+    n_heads = params["W_Q"].shape[1]
+    resid_tab, rows, attn = attention_pattern(params, tokens)
+    n_pos_tok = resid_tab.shape[1]
+    # Each (position, token)'s value through each head's W_V and W_O: [R, n_ctx*d_vocab*n_heads, d_model]
+    vo = torch.einsum("rvd,rhde,rhef->rvhf", resid_tab, params["W_V"], params["W_O"]).flatten(1, 2)
+    d_vocab = n_pos_tok // n_ctx
+    table = torch.cat([vo, resid_tab[:, -d_vocab:]], dim=1)  # plus the last token's own residual
+    n_rows = table.shape[1]
+    # Bags: the n_ctx*n_heads attention-weighted rows and the last token's row (weight 1).
+    local = rows - (rows // n_pos_tok) * n_pos_tok  # rows without the run offset: [R, B, n_ctx]
+    heads = torch.arange(n_heads, device=tokens.device)
+    bag = (local[..., None] * n_heads + heads).flatten(2)  # [R, B, n_ctx*n_heads]
+    last = n_ctx * d_vocab * n_heads + tokens[..., -1:]  # [R, B, 1]
+    run = torch.arange(R, device=tokens.device).view(R, 1, 1) * n_rows
+    bag = (torch.cat([bag, last], dim=-1) + run).reshape(R * B, -1)
+    weights = torch.cat([attn.flatten(2), attn.new_ones(R, B, 1)], dim=-1).reshape(R * B, -1)
+    mix = lambda t: F.embedding_bag(bag, t.reshape(R * n_rows, -1), per_sample_weights=weights,
+                                    mode="sum").view(R, B, -1)
+    resid = mix(table)  # residual stream at the last position after attention: [R, B, d_model]
+    hidden = torch.bmm(resid, params["W_in"]).add_(params["b_in"][:, None]).relu_()  # [R, B, d_mlp]
+    direct = mix(table @ params["W_U"]).add_(params["b_out"][:, None] @ params["W_U"])  # [R, B, n_out]
+    logits = torch.baddbmm(direct, hidden, params["W_out"] @ params["W_U"])  # [R, B, n_out]
+    return (logits, hidden) if return_hidden else logits
 
 
 # -----------------------------------------------------------------------------
@@ -289,7 +333,7 @@ def evaluate(params, tokens, labels, idx, mask, chunk):
     with torch.no_grad():
         for s in range(0, idx.shape[1], chunk):
             i, m = idx[:, s:s + chunk], mask[:, s:s + chunk]
-            logits = forward_last(params, tokens[i])  # [R, chunk, n_out]
+            logits = forward_last_folded(params, tokens[i])  # [R, chunk, n_out]
             loss += cross_entropy(logits, labels[i], m.double())
             correct += ((logits.argmax(-1) == labels[i]) & m).sum(-1)
     n = mask.sum(-1).double()
@@ -554,7 +598,8 @@ def train(cfg):
                 rate = (epoch - e0) / max(time.perf_counter() - t0, 1e-9)
                 eta = (cfg.epochs - epoch) / rate if rate > 0 else float("nan")
                 acc = hist["test_acc"][-1].numpy()
-                print(f"epoch {epoch:8d}/{cfg.epochs} | {rate:7.1f} ep/s | eta {eta / 60:6.1f} min | "
+                print(f"epoch {epoch:8d}/{cfg.epochs} | {time.perf_counter() - t0:7.1f} s | {rate:6.1f} ep/s | "
+                      f"eta {eta / 60:6.1f} min | "
                       f"train_loss {hist['train_loss'][-1].median():.3e} | test_acc median "
                       f"{np.median(acc):.4f} [{acc.min():.4f}, {acc.max():.4f}]", flush=True)
             if stop and not done:
@@ -575,6 +620,20 @@ def train(cfg):
     save_torch({n: t.detach().cpu() for n, t in params.items()}, params_path)  # written last: "finished"
     print(f"done: {out} (epoch {epoch}, {time.perf_counter() - t0:.1f} s)", flush=True)
     return out
+
+
+def keep_freed_memory():
+    """Ask glibc to keep freed memory in the process instead of returning it to the OS (Linux only)."""
+    # Each epoch allocates and frees the same few large buffers ([R, B, d_mlp] activations).
+    # By default glibc serves large blocks with mmap and unmaps them on free, so the next epoch
+    # takes a page fault on every 4 KiB of them again; on a small VM that costs as much as the
+    # matmul that fills the buffer. With mmap off and trimming off, freed blocks are reused.
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: serve large blocks from the heap
+        libc.mallopt(-1, 2 ** 31 - 1)  # M_TRIM_THRESHOLD: never give the heap's top back
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS, Windows): keep the platform's allocator as it is
 
 
 def sync(device):
@@ -623,6 +682,7 @@ def config_from_args(argv):
 
 def main(argv=None):
     """Entry point: one-line errors for bad input, a non-zero exit code."""
+    keep_freed_memory()
     try:
         train(config_from_args(argv))
     except (ValueError, FloatingPointError) as e:

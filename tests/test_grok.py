@@ -100,7 +100,7 @@ def all_positions_forward(P, tokens):
 
 
 @pytest.mark.parametrize("fmt", ["varma", "nanda"])
-def test_forward_last_matches_all_positions(fmt):
+def test_forward_matches_all_positions(fmt):
     tokens, _, d_vocab, n = grok.make_dataset("add", 13, fmt)
     dims = dict(d_vocab=d_vocab, n_ctx=tokens.shape[1], n_out=n, d_model=128, n_heads=4, d_head=32, d_mlp=512)
     runs = [grok.init_params(dims, s) for s in (0, 1)]
@@ -108,11 +108,12 @@ def test_forward_last_matches_all_positions(fmt):
         P["b_in"].normal_(0, 0.1), P["b_out"].normal_(0, 0.1)
     stacked = {k: torch.stack([P[k] for P in runs]) for k in runs[0]}
     idx = torch.stack([torch.randperm(len(tokens), generator=torch.Generator().manual_seed(s))[:50] for s in (0, 1)])
-    got = grok.forward_last(stacked, tokens[idx])  # [2, 50, n_out]
-    for r, P in enumerate(runs):
-        want = all_positions_forward(P, tokens[idx[r]])[:, -1]
-        err = (got[r] - want).abs().max().item()
-        assert err < 1e-4, f"run {r}: max |difference| {err:.2e}"
+    for forward in (grok.forward_last, grok.forward_last_folded):
+        got = forward(stacked, tokens[idx])  # [2, 50, n_out]
+        for r, P in enumerate(runs):
+            want = all_positions_forward(P, tokens[idx[r]])[:, -1]
+            err = (got[r] - want).abs().max().item()
+            assert err < 1e-4, f"{forward.__name__}, run {r}: max |difference| {err:.2e}"
 
 
 def test_gradients_match_all_positions():

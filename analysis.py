@@ -1,0 +1,925 @@
+"""
+analysis.py: what the trained networks of grok.py compute, for modular addition.
+
+Reads grok.py's run directories and measures, per run and over training:
+  - the split of the logits into trigonometric (C_gen) and memorisation (C_mem) parts of
+    Varma et al. (2023), App. B, with the correct-label logits o_t^y and o_m^y (Fig. 9);
+  - the progress measures of Nanda et al. (2023): the embedding's Fourier norms, key
+    frequencies, restricted and excluded loss, the sum of squared weights, the three phases
+    (memorisation, circuit formation, cleanup) and each neuron's fraction of variance
+    explained by a degree-2 polynomial in sin/cos of one frequency;
+  - the correct-minus-best-wrong logit margin, which moves smoothly while top-1 accuracy jumps;
+  - the circuit-efficiency triples of Sec. 5.1 (Fig. 3) and the logit ratios of App. A.4 (Fig. 10)
+    over many finished runs.
+Everything here is for the modular addition task (grok.py --task add) only: the trigonometric
+algorithm of Nanda et al. is specific to it. Figures are drawn from saved .npz files.
+
+Launch commands:
+    python grok.py --epochs 10000 --snapshots 100 --out runs/std   # the paper's setting (p=113, 30%, wd=1)
+    python grok.py --lr 3e-3 --wd 3 --epochs 1000 --snapshots 60 --out runs/fast   # groks by ~epoch 400
+    python analysis.py runs/std                    # every run in it: figures + summary in runs/std/analysis
+    python analysis.py runs/std --run 0 --out out  # one run of a batched directory
+    python analysis.py runs/std --final-only       # the final parameters only (no snapshots needed)
+    python analysis.py runs/std --replot           # redraw the figures from runs/std/analysis/progress.npz
+    python grok.py --random-labels --train 1000,2000,4000 --seeds 0-4 --wd 0.3,1,3 --out runs/mem
+    python grok.py --train 6000,8000,10000 --seeds 0-4 --wd 0.3,1,3 --out runs/gen
+    python analysis.py --efficiency runs/mem runs/gen --out figures   # Fig. 3 and Fig. 10
+Tests: python -m pytest -q tests/test_analysis.py
+"""
+import argparse
+import dataclasses
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import matplotlib
+
+matplotlib.use("Agg")  # render to files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402  (must come after use("Agg"))
+
+import grok  # noqa: E402  the model, the dataset and the atomic writers: one source of truth
+
+# -----------------------------------------------------------------------------
+# Configuration of the command line
+
+
+@dataclass
+class Args:
+    run_dirs: tuple = ()  # one run directory, or (with --efficiency) several to pool
+    out: str = ""  # output folder; "" = RUN_DIR/analysis, or figures/ with --efficiency
+    run: int = -1  # analyse only this run of a batched directory (-1 = every run)
+    final_only: bool = False  # analyse params.pt alone: no snapshots needed, no curves over training
+    replot: bool = False  # redraw the figures from an existing progress.npz, computing nothing
+    efficiency: bool = False  # pool the run directories into Fig. 3 and Fig. 10 (Sec. 5.1, App. A.4)
+    key_cover: float = 0.9  # key frequencies: fewest that hold this share of the final embedding's Fourier norm^2
+    min_trig: float = 0.95  # Sec. 5.1: a C_gen-only run needs "> 95% of the logit norm" trigonometric
+    buckets: int = 6  # Fig. 3 caption: "we geometrically bucket logit values into six buckets"
+    threads: int = 0  # CPU threads for torch (0 = torch's default)
+
+
+# -----------------------------------------------------------------------------
+# Reading run directories
+
+RUN_FILES = ("config.json", "history.npz", "train_idx.npz", "params.pt")  # params.pt is written last
+
+
+def load_run(run_dir):
+    """Read a finished grok.py run directory: config, per-run settings, history and data split."""
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"run directory {run_dir!r} does not exist")
+    missing = [f for f in RUN_FILES if not os.path.exists(os.path.join(run_dir, f))]
+    if missing:
+        raise ValueError(f"run directory {run_dir!r} is incomplete: {', '.join(missing)} missing "
+                         f"(an unfinished run? rerun the same grok.py command to finish it)")
+    with open(os.path.join(run_dir, "config.json")) as f:
+        saved = json.load(f)
+    with np.load(os.path.join(run_dir, "history.npz")) as h:
+        hist = {k: h[k] for k in h.files}
+    with np.load(os.path.join(run_dir, "train_idx.npz")) as s:
+        split = {k: s[k] for k in s.files}
+    return dict(dir=run_dir, cfg=saved["config"], runs=saved["runs"], dims=saved["dims"], hist=hist, split=split)
+
+
+def check_trig_task(run):
+    """Raise unless the run is modular addition, the only task with a trigonometric decomposition here."""
+    task = run["cfg"]["task"]
+    if task != "add":
+        raise ValueError(f"{run['dir']}: task {task!r} has no trigonometric decomposition in analysis.py; "
+                         f"allowed: 'add' (a+b mod p, the task of App. B)")
+
+
+def load_params(path):
+    """A stacked parameter file (params.pt or a snapshot) as float32 CPU tensors: name -> [R, ...]."""
+    return {k: v.float() for k, v in torch.load(path, map_location="cpu").items()}
+
+
+def snapshot_files(run_dir):
+    """The parameter snapshots of a run directory, sorted: (epochs [S], paths)."""
+    d = os.path.join(run_dir, "snapshots")
+    names = sorted(f for f in os.listdir(d) if f.startswith("epoch_") and f.endswith(".pt")) if os.path.isdir(d) else []
+    return [int(f[6:-3]) for f in names], [os.path.join(d, f) for f in names]
+
+
+def pick_runs(run, which):
+    """The run indices to analyse: every run, or the one given by --run."""
+    R = len(run["runs"]["seed"])
+    if which == -1:
+        return list(range(R))
+    if not 0 <= which < R:
+        raise ValueError(f"--run {which} is out of range; {run['dir']} holds runs 0..{R - 1}")
+    return [which]
+
+
+def pair_data(run, r):
+    """Tokens of all p^2 pairs [1, p^2, n_ctx], true labels [p^2], and run r's train/test indices and labels."""
+    cfg = run["cfg"]
+    tokens, labels, _, _ = grok.make_dataset(cfg["task"], cfg["p"], cfg["fmt"])
+    # grok.task_table builds the pairs with meshgrid(indexing="ij"): pair index = a*p + b, so
+    # the logits reshape to Z[a, b, c] with no permutation (checked in the tests).
+    tr, te = run["split"]["train_idx"][r], run["split"]["test_idx"][r]
+    keep = tr >= 0  # rows are padded with -1 to the longest run of the directory
+    train_labels = run["split"]["train_labels"][r][keep]  # random ones for --random-labels runs
+    return dict(p=cfg["p"], tokens=tokens[None], labels=labels, train_idx=torch.from_numpy(tr[keep]),
+                train_labels=torch.from_numpy(train_labels), test_idx=torch.from_numpy(te[te >= 0]))
+
+
+# -----------------------------------------------------------------------------
+# The network on every input: logits and MLP activations
+
+
+def one_run(params, r):
+    """Run r's parameters with the run axis kept: name -> [1, ...]."""
+    return {k: v[r:r + 1] for k, v in params.items()}
+
+
+def logits_and_hidden(params, tokens):
+    """Logits [R, B, n_out] and MLP activations [R, B, d_mlp] at the last position (grok.py's model)."""
+    with torch.no_grad():
+        return grok.forward_last_folded(params, tokens, return_hidden=True)
+
+
+def sum_squared_weights(params):
+    """Sum of squares of every parameter of each run (Nanda et al.'s weight-norm curve): [R]."""
+    return sum(v.double().pow(2).flatten(1).sum(1) for v in params.values())
+
+
+# -----------------------------------------------------------------------------
+# Trigonometric and memorisation logits (Varma et al., App. B)
+#
+# "Given a classifier h, we can aggregate its logits on every possible input, resulting in a
+# vector Z_h of length p^3 where Z_h^{a,b,c} = o_h^c ... For a frequency w_k, let us define the
+# p^3-dimensional vector Z_{w_k} as Z_{w_k}^{a,b,c} = cos(w_k(a+b-c)) ... we set 1 <= k <= K,
+# where K = ceil((p-1)/2) ... Z_{h,T} = sum_{k=1}^K (Z_h . Z^_{w_k}) Z^_{w_k}" and "Z_{h,M} = Z_h - Z_{h,T}".
+#
+# Reading taken: before the split we centre each input's logits over the labels c. Softmax is
+# blind to a per-input shift, the paper sets aside "the constant bias vector", and the shift is
+# orthogonal to every Z_{w_k}, so Z_T is unchanged; only Z_M loses a part no loss can see.
+
+
+def frequency_norms2(p):
+    """Squared norm of each p^3-long direction cos(w_k(a+b-c)), k = 1..K (K = p // 2): [K]."""
+    k = torch.arange(1, p // 2 + 1)
+    # sum of cos^2 over p^3 points is p^3/2, except k = p/2 (even p) where cos is +-1 everywhere
+    return torch.where(2 * k % p == 0, 2.0, 1.0).double() * (p ** 3 / 2)
+
+
+def centre(Z):
+    """Subtract each input's mean logit over the labels (the last axis)."""
+    return Z - Z.mean(-1, keepdim=True)
+
+
+def trig_coefficients(Z):
+    """Coefficients of logit tables Z [..., p, p, p] on the directions cos(w_k(a+b-c)), by a 3-D FFT: [..., K]."""
+    p = Z.shape[-1]
+    k = torch.arange(1, p // 2 + 1)
+    F = torch.fft.rfftn(Z.double(), dim=(-3, -2, -1))  # [..., p, p, p//2+1], F[u,v,w] = sum Z e^{-2pi i(ua+vb+wc)/p}
+    # Z . Z_{w_k} = sum Z cos(w_k(a+b-c)) = Re F[k, k, -k] = Re F[-k, -k, k] (Z is real); rfftn keeps
+    # only the c-frequencies 0..p//2, so we read the second form. One FFT instead of K dot products
+    # with p^3-long vectors.
+    dots = F[..., -k % p, -k % p, k].real  # [..., K]
+    return dots / frequency_norms2(p)
+
+
+def trig_profile(coef, p):
+    """The trig logit as a function of s = (a+b-c) mod p: g[s] = sum_k coef_k cos(w_k s), [..., p]."""
+    k, s = torch.arange(1, p // 2 + 1).double(), torch.arange(p).double()
+    return coef @ torch.cos(2 * math.pi * k[:, None] * s[None] / p)  # [..., K] @ [K, p] -> [..., p]
+
+
+def shift_index(p):
+    """(a + b - c) mod p for every (a, b, c): [p, p, p]."""
+    a = torch.arange(p)
+    return (a[:, None, None] + a[None, :, None] - a[None, None, :]) % p
+
+
+def trig_split(Z):
+    """Split logit tables Z [..., p, p, p] into trig part Z_T, memorisation residual Z_M and coefficients [..., K]."""
+    p = Z.shape[-1]
+    Zc = centre(Z.double())
+    coef = trig_coefficients(Zc)
+    Z_T = trig_profile(coef, p)[..., shift_index(p)]  # [..., p] gathered -> [..., p, p, p]
+    return Z_T, Zc - Z_T, coef
+
+
+def trig_strength(coef, Zc):
+    """Share of the centred logits' squared norm along each direction cos(w_k(a+b-c)): [..., K]."""
+    # Reading taken for "> 95% of the logit norm": shares of the *squared* norm. Z_T and Z_M are
+    # orthogonal, so |Z|^2 = |Z_T|^2 + |Z_M|^2 and only squared norms add up to 100%.
+    p = Zc.shape[-1]
+    return coef ** 2 * frequency_norms2(p) / Zc.pow(2).sum((-3, -2, -1))[..., None]
+
+
+def correct_logit_means(Z_T, Z_M, idx, labels):
+    """Mean correct-label trig and memorisation logits (o_t^y, o_m^y of App. B) over inputs idx with labels."""
+    # "We cannot directly measure the circuit weights w_t and w_m, but instead use an indirect
+    # measure: the value of the logit for the correct class given by each circuit, i.e. o_t^y and o_m^y."
+    p = Z_T.shape[-1]
+    t = Z_T.reshape(p * p, p)[idx, labels]  # [n]
+    m = Z_M.reshape(p * p, p)[idx, labels]  # [n]
+    return t.mean().item(), m.mean().item()
+
+
+# -----------------------------------------------------------------------------
+# Losses, accuracy and margins of a logit table
+
+
+def loss_acc(Zf, idx, labels):
+    """Mean cross-entropy (float64) and top-1 accuracy of flat logits Zf [p^2, p] on inputs idx."""
+    logits = Zf[idx].double()  # [n, p]
+    loss = -logits.log_softmax(-1).gather(-1, labels[:, None]).mean()
+    return loss.item(), (logits.argmax(-1) == labels).double().mean().item()
+
+
+def margins(Zf, idx, labels):
+    """Correct logit minus the best wrong logit for each input in idx: [n] (> 0 exactly when top-1 is right)."""
+    # Blog note 001: "softmax classifiers ... route through a top-1 argmax, so logits that are
+    # evolving continuously map onto a piecewise-constant accuracy curve that flips once the right
+    # logit crosses its competitor." The margin is that crossing, measured before the threshold.
+    logits = Zf[idx].double()  # [n, p]
+    correct = logits.gather(-1, labels[:, None])[:, 0]
+    wrong = logits.scatter(-1, labels[:, None], -math.inf).max(-1).values
+    return correct - wrong
+
+
+# -----------------------------------------------------------------------------
+# Nanda et al.'s progress measures
+
+
+def embedding_fourier_norms(W_E, p):
+    """Norm of the p numbers' embedding along each Fourier frequency 0..p//2 (cos and sin together): [..., p//2+1]."""
+    # Nanda et al.: the embedding is sparse in the Fourier basis over the input number a: only the
+    # key frequencies carry weight after grokking. W_E rows p.. are the '+' and '=' tokens; skip them.
+    F = torch.fft.rfft(W_E[..., :p, :].double(), dim=-2)  # [..., p//2+1, d_model]
+    k = torch.arange(p // 2 + 1)
+    # Parseval: |projection on {cos w_k a, sin w_k a}|^2 = 2|F_k|^2/p; the constant and k = p/2 have 1/p
+    scale = torch.where((k == 0) | (2 * k == p), 1.0, 2.0).double() / p  # float64 before dividing
+    return (F.abs().pow(2).sum(-1) * scale).sqrt()
+
+
+def key_frequencies(emb_norms, cover):
+    """Key frequencies k >= 1 from embedding Fourier norms [K+1]: the fewest, strongest first, holding `cover`."""
+    # Nanda et al. read the key frequencies off the grokked network's embedding, where a handful
+    # of frequencies stand out. The cut-off rule is ours: sort frequencies 1..K by squared norm
+    # and keep the shortest head that holds `cover` of it. Why the embedding and not the logits:
+    # a low frequency (k = 1) separates neighbouring labels only weakly, so the network gives it a
+    # large logit coefficient, and a share-of-logit-norm rule would keep it and drop the others.
+    strength = emb_norms[1:].pow(2)
+    order = torch.argsort(strength, descending=True)
+    cum = torch.cumsum(strength[order], 0) / strength.sum()
+    n = int((cum < cover).sum()) + 1
+    return torch.sort(order[:n] + 1).values
+
+
+def restricted_loss(coef, key, p):
+    """Nanda et al.'s restricted loss: cross-entropy of the logits with only the key frequencies' trig terms kept."""
+    # Reading taken: keep the App. B components cos(w_k(a+b-c)) of the key frequencies (plus the
+    # constant, which softmax ignores). These logits depend on a+b-c only, so every input sees the
+    # same softmax with its correct label at s = 0: the loss is the same on train, test and all
+    # pairs (so "test or all pairs" does not matter), and it is -log softmax(g)[0].
+    keep = torch.zeros(coef.shape[-1], dtype=coef.dtype)
+    keep[key - 1] = 1.0
+    g = trig_profile(coef * keep, p)  # [p]
+    return -g.log_softmax(-1)[0].item()
+
+
+def fold(X, p, sign):
+    """Sum X [p, p, ...] over the input pairs (a, b) with equal (a + sign*b) mod p: [p, ...]."""
+    a = torch.arange(p)
+    s = ((a[:, None] + sign * a[None, :]) % p).reshape(-1)  # [p*p], pair index a*p + b
+    return torch.zeros((p,) + X.shape[2:], dtype=X.dtype).index_add_(0, s, X.reshape((p * p,) + X.shape[2:]))
+
+
+def excluded_logits(Z, key):
+    """Logit tables Z [p, p, p] minus their components on cos(w_k(a+b)), sin(w_k(a+b)) of the key frequencies, per c."""
+    # Nanda et al.'s excluded loss removes, for each key frequency, the directions cos(w_k(a+b))
+    # and sin(w_k(a+b)) over the inputs (separately for every label c), then evaluates on the
+    # training set. This span contains cos(w_k(a+b-c)) = cos(w_k(a+b))cos(w_k c) + sin(w_k(a+b))sin(w_k c).
+    # It is also the span of e^{+-i w_k (a+b)}, whose coefficients are the 2-D FFT over (a, b) at
+    # (k, k) and (-k, -k): a 1-D FFT over s = a+b of Z summed along a+b = s (no p^3 2-D FFT needed).
+    p = Z.shape[-1]
+    Z = Z.double()
+    F = torch.fft.fft(fold(Z, p, +1), dim=0)  # [p (k), p (c)]: F[k, c] = 2-D FFT of Z[:, :, c] at (k, k)
+    mask = torch.zeros(p, 1, dtype=torch.float64)
+    mask[key % p], mask[-key % p] = 1.0, 1.0
+    # projection = (1/p^2) sum_{u = +-k} F[u, c] e^{2 pi i u (a+b)/p} = ifft(F * mask)[a+b, c] / p
+    proj = torch.fft.ifft(F * mask, dim=0).real / p  # [p (s), p (c)]
+    a = torch.arange(p)
+    return Z - proj[(a[:, None] + a[None, :]) % p]  # [p, p] index -> [p, p, p]
+
+
+def neuron_fve(hidden, p):
+    """Per neuron: the best frequency k and the share of variance degree-2 sin/cos terms of it explain: ([N], [N])."""
+    # Nanda et al.: each neuron's activation over (a, b) is well explained by the span of
+    # {1, cos w_k a, sin w_k a} x {1, cos w_k b, sin w_k b} for one frequency k. That span is the
+    # 2-D Fourier cells (u, v) with u, v in {0, k, -k}: they lie on the row u = 0, the column v = 0,
+    # the diagonal u = v and the antidiagonal u = -v of the 2-D spectrum, and each of those lines
+    # is the 1-D FFT of a marginal sum (over b, over a, along a+b, along a-b). By Parseval the
+    # explained variance is the sum of |FFT|^2 over the cells; the full p x p x N FFT is not needed.
+    N = hidden.shape[-1]
+    X = hidden.reshape(p, p, N).double()  # [a, b, neuron]
+    X = X - X.mean((0, 1))  # the mean is cell (0, 0): not variance
+    lines = torch.stack([X.sum(1), X.sum(0), fold(X, p, +1), fold(X, p, -1)])  # [4, p, N]
+    power = torch.fft.fft(lines, dim=1).abs().pow(2)  # [4, p, N]: rows H[k,0], H[0,k], H[k,k], H[k,-k]
+    k = torch.arange(1, p // 2 + 1)
+    # Each cell (u, v) has a twin (-u, -v) with the same |H| (real input): count both, except when
+    # k = p/2 (even p) where they coincide and the antidiagonal cell is the diagonal one.
+    twin = torch.where(2 * k % p == 0, 1.0, 2.0).double()[:, None]  # [K, 1]
+    anti = torch.where(2 * k % p == 0, 0.0, 2.0).double()[:, None]  # [K, 1]
+    explained = twin * power[:3, k].sum(0) + anti * power[3, k]  # [K, N]
+    total = X.pow(2).sum((0, 1)) * p * p  # [N], Parseval: sum |H|^2 = p^2 sum X^2
+    best = explained.max(0)
+    fve = torch.where(total > 0, best.values / total.clamp_min(1e-300), torch.nan)  # dead neuron: nan
+    return best.indices + 1, fve
+
+
+# -----------------------------------------------------------------------------
+# Every measure of one run at one point of training
+
+
+def trig_summary(params, r, data):
+    """Run r on all pairs: logits Zf [p^2, p], hidden [p^2, d_mlp], and the App. B split (Z_T, Z_M, coef, strength)."""
+    p = data["p"]
+    logits, hidden = logits_and_hidden(one_run(params, r), data["tokens"])
+    Zf = logits[0]  # [p^2, p]
+    Z = Zf.double().reshape(p, p, p)  # [a, b, c]
+    Z_T, Z_M, coef = trig_split(Z)
+    return Zf, hidden[0], Z_T, Z_M, coef, trig_strength(coef, centre(Z))
+
+
+def logit_measures(Zf, Z_T, Z_M, strength, data):
+    """Losses, accuracies, margins, correct-label logits and trig fraction of one run's logit table: a dict."""
+    tr, te, y_tr, y_te = data["train_idx"], data["test_idx"], data["train_labels"], data["labels"][data["test_idx"]]
+    out = {}
+    out["train_loss"], out["train_acc"] = loss_acc(Zf, tr, y_tr)
+    out["test_loss"], out["test_acc"] = loss_acc(Zf, te, y_te)
+    m_te = margins(Zf, te, y_te)
+    out["test_margin"], out["train_margin"] = m_te.mean().item(), margins(Zf, tr, y_tr).mean().item()
+    out["test_margin_q"] = torch.quantile(m_te, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).numpy()
+    out["o_t"], out["o_m_train"] = correct_logit_means(Z_T, Z_M, tr, y_tr)
+    _, out["o_m_test"] = correct_logit_means(Z_T, Z_M, te, y_te)
+    # The whole centred logit of the trained label: the "correct logit" of a random-label (C_mem-only) run.
+    out["o_train"] = centre(Zf.double())[tr, y_tr].mean().item()
+    out["trig_frac"], out["strength"] = strength.sum().item(), strength.numpy()
+    return out
+
+
+def measure_point(params, r, data, key):
+    """Every measure of run r's parameters at one point of training: a dict of floats and small arrays."""
+    p = data["p"]
+    Zf, hidden, Z_T, Z_M, coef, strength = trig_summary(params, r, data)
+    out = logit_measures(Zf, Z_T, Z_M, strength, data)
+    # Nanda et al. (summary): "restricted loss" tracks "performance on the general algorithm" and
+    # "excluded loss" "performance on memorized exceptions". Z_T + Z_M is the centred logit table.
+    out["restricted_loss"] = restricted_loss(coef, key, p)
+    excluded = excluded_logits(Z_T + Z_M, key).reshape(p * p, p)  # [p^2, p]
+    out["excluded_loss"], _ = loss_acc(excluded, data["train_idx"], data["train_labels"])
+    out["emb_norms"] = embedding_fourier_norms(params["W_E"][r], p).numpy()
+    out["sum_sq"] = sum_squared_weights(one_run(params, r))[0].item()
+    out["neuron_freq"], out["neuron_fve"] = (t.numpy() for t in neuron_fve(hidden, p))
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Phases (Nanda et al.: memorisation, circuit formation, cleanup)
+#
+# Nanda et al. (summary): "Identifies three distinct phases of learning: 1) Memorization, 2) Circuit
+# Formation, and 3) Cleanup"; "Once this circuit is sufficiently formed, weight decay penalizes the
+# high-norm memorization weights, causing them to be 'cleaned up.'" They give no formula for the
+# boundaries; the rule here is ours, from their descriptions: in memorisation the train loss falls
+# and so does the excluded loss; in circuit formation the excluded loss rises while the test loss
+# stays high; in cleanup the test loss falls sharply as the weight norm falls, then the norm levels off.
+#   - A run whose best test accuracy stays below grok_acc did not grok: only t1 is defined.
+#   - Cleanup starts at t2, the first epoch after the test-loss peak (taken before the test-loss
+#     minimum) at which log(test loss) has fallen `lo` (10%) of the way from the peak to the minimum.
+#   - Cleanup ends at t3, the first epoch after t2 at which the sum of squared weights has made
+#     `hi` (90%) of its fall from its value at t2 to its lowest value after t2. (Not the test loss:
+#     after grokking it keeps falling exponentially, so any threshold on it moves with run length.)
+#   - Memorisation ends at t1, the snapshot with the lowest excluded loss at or before t2.
+
+
+def fraction_of_way(x, start):
+    """Where each x [T] stands between x[start] (0) and the lowest value from start on (1)."""
+    return (x[start] - x) / max(x[start] - x[start:].min(), 1e-12)
+
+
+def find_phases(snap_epoch, excluded, hist_epoch, test_loss, test_acc, param_norm, lo=0.1, hi=0.9, grok_acc=0.9):
+    """Phase boundaries of one run, (t1, t2, t3): end of memorisation, start and end of cleanup (nan if undefined)."""
+    t2 = t3 = math.nan
+    if len(test_loss) and np.max(test_acc) >= grok_acc:
+        T = len(test_loss)
+        logL = np.log(np.maximum(test_loss, 1e-300))
+        i_peak = int(np.argmax(logL[:int(np.argmin(logL)) + 1]))
+        i2 = int(np.argmax((np.arange(T) >= i_peak) & (fraction_of_way(logL, i_peak) >= lo)))
+        sq = np.asarray(param_norm, dtype=np.float64) ** 2  # sum of squared weights, at every recorded epoch
+        i3 = int(np.argmax((np.arange(T) >= i2) & (fraction_of_way(sq, i2) >= hi)))
+        t2, t3 = float(hist_epoch[i2]), float(hist_epoch[i3])
+    before = snap_epoch <= t2 if not math.isnan(t2) else np.ones(len(snap_epoch), bool)
+    t1 = float(snap_epoch[before][np.argmin(excluded[before])]) if before.any() else math.nan
+    return t1, t2, t3
+
+
+# -----------------------------------------------------------------------------
+# One pass over a run directory
+
+
+def analyse_run(run_dir, which=-1, final_only=False, key_cover=0.9, log=print):
+    """Every measure of the chosen runs at every snapshot (and the final parameters): arrays with a leading run axis."""
+    run = load_run(run_dir)
+    check_trig_task(run)
+    runs = pick_runs(run, which)
+    final = load_params(os.path.join(run_dir, "params.pt"))
+    final_epoch = int(run["hist"]["epoch"][-1])
+    epochs, paths = snapshot_files(run_dir)
+    if final_only:
+        epochs, paths = [], []
+    elif not epochs:
+        raise ValueError(f"{run_dir} has no parameter snapshots; train it with grok.py --snapshots N "
+                         f"(e.g. 100), or pass --final-only to analyse the final parameters alone")
+    if not epochs or epochs[-1] != final_epoch:  # stopped early (--stop-acc) or --final-only: add params.pt
+        epochs, paths = epochs + [final_epoch], paths + [None]
+    datas = {r: pair_data(run, r) for r in runs}
+    p = run["cfg"]["p"]
+    # Key frequencies of each run come from its final parameters and stay fixed over training, as
+    # in Nanda et al., so the restricted and excluded losses follow one set of frequencies.
+    keys = {r: key_frequencies(embedding_fourier_norms(final["W_E"][r], p), key_cover) for r in runs}
+    rows = {r: [] for r in runs}
+    t0 = time.perf_counter()
+    for path in paths:
+        params = final if path is None else load_params(path)
+        for r in runs:
+            rows[r].append(measure_point(params, r, datas[r], keys[r]))
+    log(f"analysed {len(runs)} run(s) x {len(paths)} point(s) in {time.perf_counter() - t0:.1f} s")
+    K = p // 2
+    key_mask = np.zeros((len(runs), K), bool)
+    for i, r in enumerate(runs):
+        key_mask[i, keys[r].numpy() - 1] = True
+    out = {k: np.stack([np.stack([np.asarray(row[k]) for row in rows[r]]) for r in runs]) for k in rows[runs[0]][0]}
+    out.update(epoch=np.array(epochs), runs=np.array(runs), key_mask=key_mask, p=np.array(p),
+               seed=np.array([run["runs"]["seed"][r] for r in runs]),
+               n_train=np.array([run["runs"]["n_train"][r] for r in runs]),
+               wd=np.array([run["runs"]["wd"][r] for r in runs]), lr=np.array([run["runs"]["lr"][r] for r in runs]))
+    h = run["hist"]
+    out["hist_epoch"] = h["epoch"]
+    for k in ("train_loss", "test_loss", "train_acc", "test_acc", "param_norm"):
+        out["hist_" + k] = h[k][runs]  # [R', T]
+    out["phases"] = np.array([find_phases(out["epoch"], out["excluded_loss"][i], h["epoch"], h["test_loss"][r],
+                                          h["test_acc"][r], h["param_norm"][r]) for i, r in enumerate(runs)])  # [R', 3]
+    return out
+
+
+def run_slice(progress, i):
+    """The arrays of the i-th analysed run of a progress dict (leading run axis dropped where there is one)."""
+    R = len(progress["runs"])
+    return {k: (v[i] if v.ndim and v.shape[0] == R and k not in ("epoch", "hist_epoch") else v)
+            for k, v in progress.items()}
+
+
+def summary_lines(progress):
+    """A short human-readable summary of a progress dict: key frequencies, phases, trig fractions."""
+    lines = ["# analysis.py summary (modular addition; App. B split and Nanda et al.'s measures)",
+             "# phases: memorisation ends at the lowest excluded loss; cleanup starts when log test loss is 10% "
+             "of the way down from its peak, ends when the sum of squared weights has made 90% of its fall"]
+    for i, r in enumerate(progress["runs"]):
+        d = run_slice(progress, i)
+        keys = (np.nonzero(d["key_mask"])[0] + 1).tolist()
+        top = (np.argsort(d["strength"][-1])[::-1][:len(keys)] + 1).tolist()  # strongest in the final logits
+        t1, t2, t3 = d["phases"]
+        fmt = lambda t: "n/a" if math.isnan(t) else f"{t:.0f}"
+        fve = d["neuron_fve"][-1]
+        lines += [
+            f"run {int(r)}: seed {int(d['seed'])}, D {int(d['n_train'])}, wd {float(d['wd']):g}, lr {float(d['lr']):g}",
+            f"  key frequencies (embedding, {len(keys)}): {keys}; strongest in the final logits: {sorted(top)}",
+            f"  phases: memorisation ends {fmt(t1)}, cleanup {fmt(t2)} -> {fmt(t3)}",
+            f"  final: epoch {int(d['epoch'][-1])}, trig fraction {d['trig_frac'][-1]:.4f}, o_t^y {d['o_t'][-1]:.3f}, "
+            f"o_m^y train {d['o_m_train'][-1]:.3f} / test {d['o_m_test'][-1]:.3f}",
+            f"  final: train/test loss {d['train_loss'][-1]:.3g} / {d['test_loss'][-1]:.3g}, test acc "
+            f"{d['test_acc'][-1]:.4f}, restricted {d['restricted_loss'][-1]:.3g}, "
+            f"excluded {d['excluded_loss'][-1]:.3g}",
+            f"  final neurons: median FVE {np.nanmedian(fve):.3f}, share with FVE > 0.9: "
+            f"{np.mean(fve[~np.isnan(fve)] > 0.9):.2f} ({int(np.isnan(fve).sum())} dead)"]
+    return lines
+
+
+# -----------------------------------------------------------------------------
+# Circuit efficiency over many finished runs (Sec. 5.1, Fig. 3; App. A.4, Fig. 10)
+
+
+def efficiency_table(run_dirs, log=print):
+    """One row per finished run of every directory: settings, parameter norm, correct logits, trig share, accuracy."""
+    cols = {k: [] for k in ("dir", "run", "seed", "n_train", "wd", "random_labels", "init_from", "param_norm",
+                            "o_train", "o_t", "o_m_train", "trig_frac", "test_acc", "train_acc")}
+    t0 = time.perf_counter()
+    first = None
+    for j, d in enumerate(run_dirs):
+        run = load_run(d)
+        check_trig_task(run)
+        # Norms and logits compare only between networks of one shape on one task (p and dims).
+        shape = dict(p=run["cfg"]["p"], **run["dims"])
+        first = first or (d, shape)
+        if shape != first[1]:
+            diff = ", ".join(f"{k} {first[1][k]} vs {v}" for k, v in shape.items() if first[1][k] != v)
+            raise ValueError(f"{d} and {first[0]} hold networks of different shapes ({diff}); pool runs of one shape")
+        params = load_params(os.path.join(d, "params.pt"))
+        norms = sum_squared_weights(params).sqrt()  # [R]
+        for r in range(len(run["runs"]["seed"])):
+            data = pair_data(run, r)
+            Zf, _, Z_T, Z_M, _, strength = trig_summary(params, r, data)
+            m = logit_measures(Zf, Z_T, Z_M, strength, data)
+            row = dict(dir=j, run=r, seed=run["runs"]["seed"][r], n_train=run["runs"]["n_train"][r],
+                       wd=run["runs"]["wd"][r], random_labels=bool(run["cfg"]["random_labels"]),
+                       init_from=bool(run["cfg"]["init_from"]), param_norm=norms[r].item(),
+                       **{k: m[k] for k in ("o_train", "o_t", "o_m_train", "trig_frac", "test_acc", "train_acc")})
+            for k, v in row.items():
+                cols[k].append(v)
+    log(f"efficiency: {len(cols['run'])} run(s) from {len(run_dirs)} director(ies) in {time.perf_counter() - t0:.1f} s")
+    return {k: np.array(v) for k, v in cols.items()}
+
+
+def fig3_triples(table, min_trig=0.95):
+    """The (correct logit, parameter norm, D) triples of Fig. 3: C_mem-only and C_gen-only runs, as a dict of arrays."""
+    # Sec. 5.1: "We produce C_mem-only networks by using completely random labels for the training
+    # data ..., and assume that the entire parameter norm at convergence is allocated to memorisation.
+    # We produce C_gen-only networks by training on large dataset sizes and checking that > 95% of the
+    # logit norm comes from just the trigonometric subspace."
+    # Readings taken: a C_mem-only run's logit is its whole centred logit for the trained (random)
+    # label, over the training set; a C_gen-only run's logit is o_t^y, and its whole norm counts too.
+    mem = table["random_labels"]
+    gen = ~table["random_labels"] & (table["trig_frac"] > min_trig)
+    return dict(mem_logit=table["o_train"][mem], mem_norm=table["param_norm"][mem], mem_D=table["n_train"][mem],
+                gen_logit=table["o_t"][gen], gen_norm=table["param_norm"][gen], gen_D=table["n_train"][gen],
+                n_dropped=np.array(int((~table["random_labels"] & ~gen).sum())), min_trig=np.array(min_trig))
+
+
+def geometric_buckets(values, n):
+    """Bucket positive values into n geometric buckets: (bucket per value, -1 if not positive; edges [n+1])."""
+    pos = values[values > 0]
+    if len(pos) == 0:
+        return np.full(len(values), -1), np.ones(n + 1)
+    edges = np.geomspace(pos.min(), pos.max() * (1 + 1e-9), n + 1)
+    idx = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, n - 1)
+    return np.where(values > 0, idx, -1), edges
+
+
+def bucket_curves(x, y, bucket, n):
+    """Mean of y per distinct x within each bucket: list over buckets of (xs, mean ys)."""
+    curves = []
+    for b in range(n):
+        sel = bucket == b
+        xs = np.unique(x[sel])
+        curves.append((xs, np.array([y[sel & (x == v)].mean() for v in xs])))
+    return curves
+
+
+def fig10_points(table, n_buckets=6):
+    """Fig. 10's points for true-label runs: logit ratio o_t^y/o_m^y (train), test accuracy, D and a norm bucket."""
+    # App. A.4: "the ratio of the C_gen to C_mem logit o_t^y/o_m^y should increase monotonically with
+    # dataset size"; "Colours correspond to different bucketed values of parameter norm (P)". The paper
+    # uses its ungrokking runs; any true-label runs are taken here (ungrokking runs: grok.py --init-from).
+    keep = ~table["random_labels"]
+    bucket, edges = geometric_buckets(table["param_norm"][keep], n_buckets)
+    with np.errstate(divide="ignore", invalid="ignore"):  # o_m^y = 0 gives inf/nan: not plotted on a log axis
+        ratio = table["o_t"][keep] / table["o_m_train"][keep]
+    return dict(ratio=ratio, test_acc=table["test_acc"][keep],
+                D=table["n_train"][keep], norm=table["param_norm"][keep], bucket=bucket, edges=edges)
+
+
+# -----------------------------------------------------------------------------
+# Figures: one function per figure, drawn from saved arrays
+
+
+def save_figure(fig, path):
+    """Write a figure as PNG via a temporary file in the same folder and os.replace."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        grok.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def legend(ax, **kw):
+    """Draw the legend of an axis if anything on it has a label (matplotlib warns otherwise)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
+def shade_phases(ax, phases, end):
+    """Shade the three phases (memorisation, circuit formation, cleanup) on an axis over epochs."""
+    t1, t2, t3 = phases
+    spans = [(0, t1, "C0", "memorisation"), (t1, t2, "C2", "circuit formation"), (t2, t3, "C3", "cleanup")]
+    for a, b, c, name in spans:
+        if not (math.isnan(a) or math.isnan(b)) and b > a:
+            ax.axvspan(a, min(b, end), color=c, alpha=0.08, label=name)
+
+
+def run_title(d):
+    """A one-line description of a run for figure titles."""
+    return f"run {int(d['runs'])}: p={int(d['p'])}, seed {int(d['seed'])}, D={int(d['n_train'])}, wd={float(d['wd']):g}"
+
+
+def plot_fig9(data, path):
+    """Fig. 9 of the paper: train/test loss, parameter norm, and C_gen and C_mem correct-label logits over training."""
+    # Fig. 9 caption: "We show loss, parameter norm, and the value of the correct logit for C_gen and
+    # C_mem for a randomly-picked training run." o_m^y on test is added: there C_mem's logit is < 0.
+    fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
+    he = data["hist_epoch"]
+    axes[0].semilogy(he, data["hist_train_loss"], "C0", label="train loss")
+    axes[0].semilogy(he, data["hist_test_loss"], "C3", label="test loss")
+    axes[1].plot(he, data["hist_param_norm"], "k", label="parameter norm")
+    e = data["epoch"]
+    axes[2].plot(e, data["o_t"], "C2.-", label="C_gen logit $o_t^y$ (same on every input)")
+    axes[2].plot(e, data["o_m_train"], "C1.-", label="C_mem logit $o_m^y$, train")
+    axes[2].plot(e, data["o_m_test"], "C1.--", alpha=0.6, label="C_mem logit $o_m^y$, test")
+    axes[2].axhline(0, color="gray", lw=0.6)
+    axes[2].set_xlabel("epoch")
+    for ax in axes:
+        legend(ax, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Fig. 9 (Varma et al.): " + run_title(data), fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_progress_measures(data, path):
+    """Nanda et al.'s progress measures over training, phases shaded; embedding Fourier norms; neuron FVE."""
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    e, end = data["epoch"], data["epoch"][-1]
+    ax = axes[0, 0]
+    shade_phases(ax, data["phases"], end)
+    ax.semilogy(data["hist_epoch"], data["hist_train_loss"], "C0", label="train")
+    ax.semilogy(data["hist_epoch"], data["hist_test_loss"], "C3", label="test")
+    ax.semilogy(e, data["restricted_loss"], "C2.-", label="restricted (key freqs only)")
+    ax.semilogy(e, data["excluded_loss"], "C1.-", label="excluded (key freqs removed, train)")
+    ax.set_title("losses; phases shaded", fontsize=10)
+    ax = axes[0, 1]
+    shade_phases(ax, data["phases"], end)
+    ax.plot(data["hist_epoch"], data["hist_param_norm"] ** 2, "k", lw=0.8, label="sum of squared weights")
+    ax.plot(e, data["sum_sq"], "k.", ms=4, label="at snapshots")
+    ax.set_title("sum of squared weights", fontsize=10)
+    ax = axes[0, 2]
+    shade_phases(ax, data["phases"], end)
+    ax.plot(e, data["trig_frac"], "C2.-", label="trig share of logit norm$^2$ (App. B)")
+    ax.plot(e, np.nanmean(data["neuron_fve"], axis=1), "C4.-", label="mean neuron FVE")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Fourier structure over training", fontsize=10)
+    ax = axes[1, 0]
+    # "Before" grokking = the end of memorisation (t1), or the first snapshot when t1 is undefined.
+    t1 = data["phases"][0]
+    i_before = 0 if math.isnan(t1) else int(np.argmin(np.abs(e - t1)))
+    k = np.arange(data["emb_norms"].shape[-1])
+    ax.bar(k - 0.2, data["emb_norms"][i_before], 0.4, color="C0", label=f"epoch {e[i_before]} (before)")
+    ax.bar(k + 0.2, data["emb_norms"][-1], 0.4, color="C3", label=f"epoch {end} (after)")
+    for kk in np.nonzero(data["key_mask"])[0] + 1:
+        ax.axvline(kk, color="C2", lw=0.6, ls=":")
+    ax.set_xlabel("frequency k (dotted: key frequencies)")
+    ax.set_title("embedding norm per Fourier frequency", fontsize=10)
+    ax = axes[1, 1]
+    fve = data["neuron_fve"][-1]
+    ax.hist(fve[~np.isnan(fve)], bins=np.linspace(0, 1, 41), color="C4")
+    ax.set_xlabel("fraction of variance explained (final)")
+    ax.set_title("neurons: degree-2 sin/cos of one frequency", fontsize=10)
+    ax = axes[1, 2]
+    img = ax.imshow(data["strength"].T, aspect="auto", origin="lower", cmap="viridis",
+                    extent=(-0.5, len(e) - 0.5, 0.5, data["strength"].shape[-1] + 0.5))
+    ticks = np.linspace(0, len(e) - 1, min(6, len(e))).astype(int)
+    ax.set_xticks(ticks, [str(e[t]) for t in ticks])
+    ax.set_xlabel("epoch (snapshots, uneven spacing)")
+    ax.set_ylabel("frequency k")
+    ax.set_title("share of logit norm$^2$ per frequency", fontsize=10)
+    fig.colorbar(img, ax=ax)
+    for ax in (axes[0, 0], axes[0, 1], axes[0, 2], axes[1, 0]):
+        legend(ax, fontsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[0]:
+        ax.set_xlabel("epoch")
+    fig.suptitle("Progress measures (Nanda et al. 2023): " + run_title(data), fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_margin(data, path):
+    """Test accuracy beside test loss and the correct-minus-best-wrong logit margin (smooth while top-1 jumps)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    e = data["epoch"]
+    axes[0].plot(data["hist_epoch"], data["hist_test_acc"], "C3", lw=0.8, label="test accuracy (history)")
+    axes[0].plot(e, data["test_acc"], "C3o", ms=3, label="at snapshots")
+    axes[0].set_title("top-1 test accuracy", fontsize=10)
+    axes[1].semilogy(data["hist_epoch"], data["hist_test_loss"], "C3", label="test loss")
+    axes[1].set_title("test loss", fontsize=10)
+    q = data["test_margin_q"]
+    axes[2].fill_between(e, q[:, 0], q[:, 2], color="C0", alpha=0.2, label="10-90% of test inputs")
+    axes[2].plot(e, data["test_margin"], "C0.-", label="mean test margin")
+    axes[2].plot(e, q[:, 1], "C0:", label="median")
+    axes[2].axhline(0, color="k", lw=0.8)
+    axes[2].set_title("correct logit minus best wrong logit (> 0: top-1 right)", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        legend(ax, fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Accuracy is a threshold on a smoothly moving margin: " + run_title(data), fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_fig3(data, path):
+    """Fig. 3 of the paper: C_mem and C_gen scatter plots (logit vs norm, colour D) and isologit curves (norm vs D)."""
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    n = int(data["buckets"])
+    for row, (name, what) in enumerate((("mem", "C_mem"), ("gen", "C_gen"))):
+        logit, norm, D = data[f"{name}_logit"], data[f"{name}_norm"], data[f"{name}_D"]
+        ax = axes[row, 0]
+        if len(logit):
+            sc = ax.scatter(norm, logit, c=D, cmap="viridis", s=14,
+                            norm=matplotlib.colors.LogNorm() if D.min() > 0 and D.max() > D.min() else None)
+            fig.colorbar(sc, ax=ax, label="dataset size D")
+        bucket, edges = geometric_buckets(logit, n)
+        for v in edges:
+            ax.axhline(v, color="gray", ls=":", lw=0.7)
+        ax.set_xlabel("parameter norm")
+        ax.set_ylabel("correct logit $o^y$")
+        ax.set_title(f"({'ac'[row]}) {what} scatter ({len(logit)} runs)", fontsize=10)
+        ax = axes[row, 1]
+        colours = plt.cm.plasma(np.linspace(0, 0.9, n))
+        for b, (xs, ys) in enumerate(bucket_curves(D, norm, bucket, n)):
+            if len(xs):
+                ax.plot(xs, ys, "o-", color=colours[b], label=f"logit {edges[b]:.3g}-{edges[b + 1]:.3g}")
+        ax.set_xlabel("dataset size D")
+        ax.set_ylabel("mean parameter norm")
+        ax.set_title(f"({'bd'[row]}) {what} isologit curves", fontsize=10)
+        legend(ax, fontsize=7)
+        for a in axes[row]:
+            a.grid(alpha=0.3)
+    fig.suptitle(f"Fig. 3 (Varma et al.): C_mem = random-label runs; C_gen = true-label runs with > "
+                 f"{float(data['min_trig']):.0%} trig logit norm ({int(data['n_dropped'])} runs below, left out)",
+                 fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_fig10(data, path):
+    """Fig. 10 of the paper: logit ratio o_t^y/o_m^y and test accuracy against D, coloured by parameter-norm bucket."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    n = len(data["edges"]) - 1
+    colours = plt.cm.viridis(np.linspace(0, 0.9, n))
+    pos = data["ratio"] > 0  # a log axis shows positive ratios only; the title counts the others
+    for b in range(n):
+        sel = data["bucket"] == b
+        label = f"P {data['edges'][b]:.3g}-{data['edges'][b + 1]:.3g}"
+        for ax, y, ok in ((axes[0], data["ratio"], pos), (axes[1], data["test_acc"], np.ones_like(pos))):
+            if not (sel & ok).any():
+                continue
+            ax.scatter(data["D"][sel & ok], y[sel & ok], color=colours[b], s=12, label=label)
+            xs = np.unique(data["D"][sel & ok])
+            ax.plot(xs, [np.median(y[sel & ok & (data["D"] == v)]) for v in xs], color=colours[b], lw=1)
+    axes[0].set_yscale("log")
+    axes[0].set_title(f"(a) logit ratio $o_t^y/o_m^y$ (train; {int((~pos).sum())} non-positive not shown)", fontsize=10)
+    axes[1].set_title("(b) test accuracy", fontsize=10)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("dataset size D")
+        ax.grid(alpha=0.3)
+        legend(ax, fontsize=7, title="parameter norm", title_fontsize=7)
+    fig.suptitle("Fig. 10 (Varma et al.): relative strength of C_gen and C_mem at convergence "
+                 "(lines: median per D)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+def save_text(lines, path):
+    """Write lines of text atomically."""
+    with_nl = "\n".join(lines) + "\n"
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(with_nl)
+    grok.atomic_write(path, write)
+
+
+def load_npz(path):
+    """Every array of an .npz file as a dict."""
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def draw_run_figures(progress, out, log=print):
+    """Draw Fig. 9, the progress measures and the margin panel for every run of a progress dict."""
+    for i, r in enumerate(progress["runs"]):
+        d = run_slice(progress, i)
+        for name, plot in (("fig9", plot_fig9), ("progress", plot_progress_measures), ("margin", plot_margin)):
+            path = os.path.join(out, f"{name}_run{int(r)}.png")
+            plot(d, path)
+            log(f"wrote {path}")
+
+
+def main_run(args, log=print):
+    """Analyse one run directory: progress.npz, summary.txt and three figures per run."""
+    if len(args.run_dirs) != 1:
+        raise ValueError(f"give one run directory (got {len(args.run_dirs)}); pool several with --efficiency")
+    run_dir = args.run_dirs[0]
+    out = args.out or os.path.join(run_dir, "analysis")
+    npz = os.path.join(out, "progress.npz")
+    if args.replot:
+        if not os.path.exists(npz):
+            raise ValueError(f"--replot: {npz} does not exist; run without --replot first")
+        progress = load_npz(npz)
+    else:
+        progress = analyse_run(run_dir, args.run, args.final_only, args.key_cover, log)
+        os.makedirs(out, exist_ok=True)
+        grok.save_npz(progress, npz)
+        log(f"wrote {npz}")
+    lines = summary_lines(progress)
+    save_text(lines, os.path.join(out, "summary.txt"))
+    log("\n".join(lines))
+    draw_run_figures(progress, out, log)
+
+
+def main_efficiency(args, log=print):
+    """Pool run directories into the Fig. 3 triples and Fig. 10 points; write both figures and the table."""
+    out = args.out or "figures"
+    npz = os.path.join(out, "efficiency.npz")
+    if args.replot:
+        if not os.path.exists(npz):
+            raise ValueError(f"--replot: {npz} does not exist; run without --replot first")
+        table = load_npz(npz)
+    else:
+        if not args.run_dirs:
+            raise ValueError("--efficiency needs at least one run directory")
+        table = efficiency_table(args.run_dirs, log)
+        os.makedirs(out, exist_ok=True)
+        grok.save_npz(table, npz)
+        log(f"wrote {npz}")
+    fig3 = dict(fig3_triples(table, args.min_trig), buckets=np.array(args.buckets))
+    fig10 = fig10_points(table, args.buckets)
+    plot_fig3(fig3, os.path.join(out, "fig3.png"))
+    plot_fig10(fig10, os.path.join(out, "fig10.png"))
+    lines = [f"runs: {len(table['run'])}; C_mem-only (random labels): {len(fig3['mem_logit'])}; C_gen-only "
+             f"(trig > {args.min_trig:.0%}): {len(fig3['gen_logit'])}; true-label runs below: {int(fig3['n_dropped'])}",
+             f"Fig. 10 points (true-label runs): {len(fig10['D'])}, "
+             f"non-positive ratios: {int((fig10['ratio'] <= 0).sum())}"]
+    save_text(lines, os.path.join(out, "efficiency.txt"))
+    log("\n".join(lines) + f"\nwrote {os.path.join(out, 'fig3.png')} and {os.path.join(out, 'fig10.png')}")
+
+
+def field_help(cls):
+    """{field name: its trailing '# why' comment} from a dataclass's source, for --help."""
+    helps = {}
+    for line in inspect.getsource(cls).splitlines():
+        head, _, comment = line.partition("  # ")
+        if ":" in head and "=" in head and comment:
+            helps[head.split(":")[0].strip()] = comment.strip()
+    return helps
+
+
+def parse_args(argv):
+    """Parse the command line into Args; a malformed flag raises ValueError (one line)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1], exit_on_error=False,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dirs", nargs="*", help="run directory (several with --efficiency)")
+    helps = field_help(Args)
+    for f in dataclasses.fields(Args):
+        if f.name == "run_dirs":
+            continue
+        h = f"{helps.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")  # argparse formats help with %
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            ap.add_argument(flag, action="store_true", help=h)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
+            ap.add_argument(flag, type=kind, default=f.default, help=h)
+    try:
+        ns, unknown = ap.parse_known_args(argv)
+    except argparse.ArgumentError as err:
+        raise ValueError(str(err)) from None
+    if unknown:
+        raise ValueError(f"unrecognised argument(s) {' '.join(unknown)}; see --help")
+    args = Args(**{**vars(ns), "run_dirs": tuple(ns.run_dirs)})
+    if not args.run_dirs and not (args.efficiency and args.replot):
+        raise ValueError("no run directory given; usage: python analysis.py RUN_DIR [--out DIR]")
+    if not 0 < args.key_cover <= 1 or not 0 <= args.min_trig <= 1 or args.buckets < 1:
+        raise ValueError("--key-cover must be in (0, 1], --min-trig in [0, 1] and --buckets >= 1")
+    return args
+
+
+def main(argv=None):
+    """Entry point: bad input gives one line on stderr and exit code 2, no traceback."""
+    try:
+        args = parse_args(argv)
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        (main_efficiency if args.efficiency else main_run)(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
