@@ -524,8 +524,11 @@ def train(cfg):
     te_idx = to(np.maximum(test_idx, 0))
     lr = to(np.array(runs["lr"], dtype=np.float32))
     wd = to(np.array(runs["wd"], dtype=np.float32))
-    # Evaluate in chunks so that R * chunk * d_mlp stays near 2^24 floats (2^27 on a GPU).
-    chunk = max(1, (2 ** (27 if device.type == "cuda" else 24)) // (R * cfg.d_mlp))
+    # Evaluate in equal chunks of at most 2^24 floats of activations (2^27 on a GPU), so memory
+    # stays bounded for many runs and no chunk is a small remainder that recomputes the tables.
+    n_test = test_idx.shape[1]
+    n_chunks = -(-n_test * R * cfg.d_mlp // 2 ** (27 if device.type == "cuda" else 24))
+    chunk = -(-n_test // n_chunks)
 
     if cfg.init_from:
         params = load_init(cfg.init_from, R, shapes)
@@ -535,14 +538,14 @@ def train(cfg):
     params = {n: t.to(device).requires_grad_() for n, t in params.items()}
     state = {"m": {n: torch.zeros_like(t) for n, t in params.items()},
              "v": {n: torch.zeros_like(t) for n, t in params.items()}}
-    hist = {k: [] for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm")}
-    start = 0
+    hist = {k: [] for k in ("epoch", "wall_s", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm")}
+    start, wall0 = 0, 0.0  # wall0: seconds of training before this process (for a resumed run)
     if not cfg.bench and os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, map_location=device)
         with torch.no_grad():
             for n in params:
                 params[n].copy_(ck["params"][n])
-        state, hist, start = ck["state"], ck["hist"], ck["epoch"]
+        state, hist, start, wall0 = ck["state"], ck["hist"], ck["epoch"], ck["wall_s"]
         print(f"resuming {out} from epoch {start}", flush=True)
 
     def train_forward():
@@ -577,7 +580,7 @@ def train(cfg):
             check_finite(first_bad, runs, out)
             if epoch > start:  # the state at epoch `start` is already on disk
                 save_torch(dict(params={n: t.detach() for n, t in params.items()}, state=state,
-                                hist=hist, epoch=epoch), ckpt_path)
+                                hist=hist, epoch=epoch, wall_s=wall0 + time.perf_counter() - t0), ckpt_path)
                 save_npz(history_arrays(hist), os.path.join(out, "history.npz"))
         if epoch in snaps:
             save_torch({n: t.detach().cpu() for n, t in params.items()},
@@ -589,16 +592,18 @@ def train(cfg):
             with torch.no_grad():
                 tr_acc = ((logits.argmax(-1) == tr_labels) & tr_mask).sum(-1) / tr_mask.sum(-1)
             te_loss, te_acc = evaluate(params, tokens_all, labels_all, te_idx, te_mask, chunk)
-            row = dict(epoch=epoch, train_loss=loss.detach(), train_acc=tr_acc, test_loss=te_loss,
+            row = dict(train_loss=loss.detach(), train_acc=tr_acc, test_loss=te_loss,
                        test_acc=te_acc, param_norm=param_norm(params))
+            hist["epoch"].append(epoch)
+            hist["wall_s"].append(wall0 + time.perf_counter() - t0)  # training time so far, evals included
             for k, v in row.items():
-                hist[k].append(v if k == "epoch" else v.detach().double().cpu())
+                hist[k].append(v.detach().double().cpu())
             stop = cfg.stop_acc > 0 and bool((te_acc >= cfg.stop_acc).all())
             if epoch % cfg.print_every == 0 or done or stop:
                 rate = (epoch - e0) / max(time.perf_counter() - t0, 1e-9)
                 eta = (cfg.epochs - epoch) / rate if rate > 0 else float("nan")
                 acc = hist["test_acc"][-1].numpy()
-                print(f"epoch {epoch:8d}/{cfg.epochs} | {time.perf_counter() - t0:7.1f} s | {rate:6.1f} ep/s | "
+                print(f"epoch {epoch:8d}/{cfg.epochs} | {hist['wall_s'][-1]:7.1f} s | {rate:6.1f} ep/s | "
                       f"eta {eta / 60:6.1f} min | "
                       f"train_loss {hist['train_loss'][-1].median():.3e} | test_acc median "
                       f"{np.median(acc):.4f} [{acc.min():.4f}, {acc.max():.4f}]", flush=True)
@@ -615,7 +620,7 @@ def train(cfg):
 
     check_finite(first_bad, runs, out)
     save_torch(dict(params={n: t.detach() for n, t in params.items()}, state=state, hist=hist,
-                    epoch=epoch), ckpt_path)
+                    epoch=epoch, wall_s=wall0 + time.perf_counter() - t0), ckpt_path)
     save_npz(history_arrays(hist), os.path.join(out, "history.npz"))
     save_torch({n: t.detach().cpu() for n, t in params.items()}, params_path)  # written last: "finished"
     print(f"done: {out} (epoch {epoch}, {time.perf_counter() - t0:.1f} s)", flush=True)
@@ -654,10 +659,10 @@ def check_finite(first_bad, runs, out):
 
 
 def history_arrays(hist):
-    """The recorded metrics as arrays: epoch [T] and each metric [R, T]."""
-    out = {"epoch": np.array(hist["epoch"], dtype=np.int64)}
+    """The recorded metrics as arrays: epoch and wall_s [T], and each metric [R, T]."""
+    out = {"epoch": np.array(hist["epoch"], dtype=np.int64), "wall_s": np.array(hist["wall_s"])}
     for k, v in hist.items():
-        if k != "epoch":
+        if k not in out:
             out[k] = torch.stack(v, dim=1).numpy() if v else np.zeros((0, 0))
     return out
 

@@ -235,7 +235,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path, monkeypatch):
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), f"resumed run differs by {diff:.2e}"
     ha, hb = np.load(tmp_path / "whole" / "history.npz"), np.load(tmp_path / "killed" / "history.npz")
-    assert all(np.array_equal(ha[k], hb[k]) for k in ha), "resumed history differs"
+    assert all(np.array_equal(ha[k], hb[k]) for k in ha if k != "wall_s"), "resumed history differs"
 
 
 def test_finished_run_is_not_retrained(tmp_path, capsys):
