@@ -61,6 +61,9 @@ class Args:
     min_trig: float = 0.95  # Sec. 5.1: a C_gen-only run needs "> 95% of the logit norm" trigonometric
     buckets: int = 6  # Fig. 3 caption: "we geometrically bucket logit values into six buckets"
     threads: int = 0  # CPU threads for torch (0 = torch's default)
+    experiment: str = ""  # draw one experiment's figures: fig1a (one run dir) or fig4 (ungrokking dirs)
+    report: str = ""  # write results.md for this reproduce.sh output folder (no run directory needed)
+    profile: str = "quick"  # the reproduce.sh profile named in results.md
 
 
 # -----------------------------------------------------------------------------
@@ -83,7 +86,8 @@ def load_run(run_dir):
         hist = {k: h[k] for k in h.files}
     with np.load(os.path.join(run_dir, "train_idx.npz")) as s:
         split = {k: s[k] for k in s.files}
-    return dict(dir=run_dir, cfg=saved["config"], runs=saved["runs"], dims=saved["dims"], hist=hist, split=split)
+    return dict(dir=run_dir, cfg=saved["config"], runs=saved["runs"], dims=saved["dims"], hist=hist, split=split,
+                n_pairs=saved["n_pairs"])
 
 
 def check_trig_task(run):
@@ -791,6 +795,319 @@ def plot_fig10(data, path):
 
 
 # -----------------------------------------------------------------------------
+# The experiments of Sec. 5 from run histories: Fig. 1, Fig. 4, Fig. 7 and the tests of P2, P3
+# (these read only history.npz and config.json, so they work for every task, not only addition)
+
+
+def run_curves(run, r, title):
+    """Train/test accuracy and loss of run r over epochs, with a title: the data of one Fig. 1 panel."""
+    h = run["hist"]
+    return dict(epoch=h["epoch"], train_acc=h["train_acc"][r], test_acc=h["test_acc"][r],
+                train_loss=h["train_loss"][r], test_loss=h["test_loss"][r], title=np.array(title))
+
+
+def plot_fig1(data, path):
+    """One panel of Fig. 1 of the paper: train and test accuracy (and loss) over epochs, log axis."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
+    e = np.maximum(data["epoch"], 1)  # epoch 0 on a log axis: drawn at 1
+    ax.plot(e, data["train_acc"], label="train", color="C0")
+    ax.plot(e, data["test_acc"], label="test", color="C3")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    bx.plot(e, data["train_loss"], label="train", color="C0")
+    bx.plot(e, data["test_loss"], label="test", color="C3")
+    bx.set_yscale("log")
+    bx.set_ylabel("loss")
+    for a in (ax, bx):
+        a.set_xscale("log")
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+        legend(a, fontsize=8)
+    fig.suptitle(str(data["title"]), fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def final_table(run):
+    """Per run of a directory: D, weight decay, seed and the final train/test accuracy (last record)."""
+    h, runs = run["hist"], run["runs"]
+    return dict(D=np.array(runs["n_train"]), wd=np.array(runs["wd"]), seed=np.array(runs["seed"]),
+                train_acc=h["train_acc"][:, -1], test_acc=h["test_acc"][:, -1])
+
+
+def crossing(D, acc, level=0.5):
+    """The dataset size where accuracy first rises through `level`, interpolated on log D (nan if never)."""
+    order = np.argsort(D)
+    D, acc = np.asarray(D, float)[order], np.asarray(acc, float)[order]
+    for i in range(1, len(D)):
+        if acc[i - 1] < level <= acc[i]:
+            f = (level - acc[i - 1]) / (acc[i] - acc[i - 1])
+            return float(np.exp(np.log(D[i - 1]) + f * (np.log(D[i]) - np.log(D[i - 1]))))
+    return float("nan")
+
+
+def mean_by(D, acc):
+    """Mean accuracy per distinct D (over seeds): (sorted D values, means)."""
+    xs = np.unique(D)
+    return xs, np.array([acc[D == x].mean() for x in xs])
+
+
+def test_p2(table, low=0.2, high=0.9, max_ratio=3.0):
+    """P2, a phase transition in D': accuracy goes from < low to > high within a factor max_ratio of D'."""
+    # Sec. 5.2: "if we plot test accuracy at convergence against the size of the reduced training
+    # dataset D', there will be a phase transition around D_crit." Our test, per weight decay:
+    # the mean final test accuracy is below `low` at the smallest D', above `high` at the largest,
+    # and the largest D' still below `low` and the smallest D' above `high` lie within a factor
+    # max_ratio of each other (a sharp transition rather than a slow drift).
+    rows, held = [], []
+    for wd in np.unique(table["wd"]):
+        sel = table["wd"] == wd
+        xs, ys = mean_by(table["D"][sel], table["test_acc"][sel])
+        lo, hi = xs[ys < low], xs[ys > high]
+        ratio = (hi.min() / lo.max()) if len(lo) and len(hi) and hi.min() > lo.max() else float("nan")
+        ok = bool(ys[0] < low and ys[-1] > high and ratio <= max_ratio)
+        held.append(ok)
+        rows.append(dict(wd=float(wd), acc_smallest=float(ys[0]), acc_largest=float(ys[-1]), width=ratio))
+    return dict(held=bool(held) and all(held), rows=rows, low=low, high=high, max_ratio=max_ratio)
+
+
+def test_p3(table, level=0.5, max_spread=1.5):
+    """P3, no effect of weight decay: the D' where accuracy crosses `level` agrees across weight decays."""
+    # Sec. 5.2: "we predict that test accuracy at convergence is independent of the strength of
+    # weight decay." Our test: the crossing D' (interpolated on log D') for each weight decay lies
+    # within a factor max_spread between the smallest and the largest.
+    wds = np.unique(table["wd"])
+    cross = np.array([crossing(*mean_by(table["D"][table["wd"] == w], table["test_acc"][table["wd"] == w]), level)
+                      for w in wds])
+    ok = np.isfinite(cross).all() and len(wds) >= 2
+    spread = float(cross.max() / cross.min()) if ok else float("nan")
+    # Without a crossing for every weight decay (the grid of D' does not bracket the transition)
+    # or with a single weight decay, the data cannot test P3 either way.
+    return dict(held=bool(ok and spread <= max_spread), wds=wds, crossing=cross, spread=spread,
+                level=level, max_spread=max_spread, enough=bool(ok))
+
+
+def plot_fig4(data, path):
+    """Fig. 4 of the paper: final test accuracy after ungrokking against the reduced size D', a line per weight decay."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, wd in enumerate(np.unique(data["wd"])):
+        sel = data["wd"] == wd
+        ax.scatter(data["D"][sel], data["test_acc"][sel], color=f"C{i}", s=10, alpha=0.5)
+        xs, ys = mean_by(data["D"][sel], data["test_acc"][sel])
+        ax.plot(xs, ys, color=f"C{i}", marker="o", ms=3, label=f"wd = {wd:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("reduced dataset size D'")
+    ax.set_ylabel("final test accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    legend(ax, fontsize=8)
+    ax.set_title(str(data["title"]), fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_fig7(data, path):
+    """Fig. 7 of the paper: test accuracy over epochs of every ungrokking run, coloured by D'."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    norm = matplotlib.colors.LogNorm(data["D"].min(), data["D"].max())
+    e = np.maximum(data["epoch"], 1)
+    for r in range(len(data["D"])):
+        ax.plot(e, data["test_acc"][r], color=plt.cm.viridis(norm(data["D"][r])), lw=0.8, alpha=0.8)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="D'")
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch (after the switch to D')")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.set_title(str(data["title"]), fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def experiment_fig1a(run_dir, out):
+    """Fig. 1a from the standard grokking run (run 0 of the directory)."""
+    run = load_run(run_dir)
+    c = run["cfg"]
+    D = run["runs"]["n_train"][0]
+    title = (f"Fig. 1a: grokking, {c['task']} mod {c['p']}, D={D} ({100 * D / run['n_pairs']:.0f}% of pairs), "
+             f"wd={run['runs']['wd'][0]:g}")
+    plot_fig1(run_curves(run, 0, title), os.path.join(out, "fig1a_grokking.png"))
+
+
+def ungrok_table(run_dirs):
+    """The final_table of several ungrokking directories (one per weight decay), concatenated."""
+    tables = [final_table(load_run(d)) for d in run_dirs]
+    return {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+
+
+def experiment_fig4(run_dirs, out):
+    """Fig. 4, Fig. 7 and Fig. 1b from ungrokking sweeps (grok.py --init-from a grokked run), one dir per wd."""
+    # reproduce.sh runs each weight decay for epochs proportional to 1/wd: AdamW shrinks weights by
+    # a factor (1 - lr*wd) per step, so equal lr*wd*epochs gives every weight decay the same
+    # amount of decay, the clock on which C_gen gives way to C_mem.
+    runs = [load_run(d) for d in run_dirs]
+    table = ungrok_table(run_dirs)
+    c = runs[0]["cfg"]
+    decay = ", ".join(f"wd={r['runs']['wd'][0]:g}: {r['cfg']['epochs']} epochs" for r in runs)
+    tag = f"{c['task']} mod {c['p']}; {decay}"
+    plot_fig4(dict(table, title=np.array(f"Fig. 4: ungrokking ({tag})")), os.path.join(out, "fig4_ungrokking.png"))
+    first = runs[0]  # the smallest weight decay's directory: the longest run, for Fig. 7 and Fig. 1b
+    t1 = final_table(first)
+    plot_fig7(dict(epoch=first["hist"]["epoch"], test_acc=first["hist"]["test_acc"], D=t1["D"],
+                   title=np.array(f"Fig. 7: ungrokking runs, wd={t1['wd'][0]:g}, {c['task']} mod {c['p']}")),
+              os.path.join(out, "fig7_ungrokking_runs.png"))
+    r = int(np.argmin(t1["D"]))  # the smallest D': the clearest ungrokking
+    plot_fig1(run_curves(first, r, f"Fig. 1b: ungrokking, a grokked network trained further on D'={t1['D'][r]} "
+                                   f"(wd={t1['wd'][r]:g}, {c['task']} mod {c['p']})"),
+              os.path.join(out, "fig1b_ungrokking.png"))
+    grok.save_npz(table, os.path.join(out, "fig4_ungrokking.npz"))
+
+
+# -----------------------------------------------------------------------------
+# results.md: every claim's test, computed from the saved outputs of reproduce.sh
+
+
+def toy_ingredients(csv_path, delay=5.0):
+    """The toy model's three ingredients (Fig. 2) from toy_sim.py's CSV: grokking step per preset and verdicts."""
+    # Fig. 2 captions: (a) "we observe grokking"; (b) "test loss stays high ... throughout training";
+    # (c) "test loss decreases immediately". Our test: the step where test loss first falls below
+    # half its peak is at least `delay` times that of train loss in (a), never comes in (b), and
+    # comes within twice the train step in (c).
+    cols = np.genfromtxt(csv_path, delimiter=",", names=True)
+
+    def half_peak(x):
+        peak = int(np.argmax(x))
+        below = np.flatnonzero(x[peak:] < 0.5 * x[peak])
+        return float(cols["step"][peak + below[0]]) if len(below) else float("nan")
+    t = {k: (half_peak(cols[f"{k}_train"]), half_peak(cols[f"{k}_test"])) for k in "abc"}
+    held = (t["a"][1] >= delay * t["a"][0]) and math.isnan(t["b"][1]) and (t["c"][1] <= 2 * t["c"][0])
+    return dict(steps=t, held=bool(held), delay=delay)
+
+
+def init_note(run_dir):
+    """Where an ungrokking sweep started from, for results.md (the paper starts from every pair)."""
+    src = load_run(load_run(run_dir)["cfg"]["init_from"])
+    D, n = src["runs"]["n_train"][0], src["n_pairs"]
+    return (f"This project ungroks from {len(src['runs']['seed'])} grokked network(s) trained on D={D} of the "
+            f"{n} pairs ({100 * D / n:.0f}%)" + ("." if D == n else ", not on every pair as the paper does."))
+
+
+def verdict(held, enough=True):
+    """The verdict word of results.md."""
+    return "not enough data" if not enough else ("held" if held else "did not hold")
+
+
+def report_lines(out, profile):
+    """results.md for a reproduce.sh output folder: one section per claim, numbers from the saved runs."""
+    runs = os.path.join(out, "runs")
+    L = [f"# Results of `./reproduce.sh {profile}`", "",
+         "Every number below is computed by `analysis.py --report` from the files this run wrote; "
+         "nothing is typed in by hand. Thresholds are stated with each test.", ""]
+    times = os.path.join(out, "stage_times.txt")
+    if os.path.exists(times):
+        L += ["Stage times on this machine: " + ", ".join(f"{a} {int(b)} s" for a, b in
+                                                         (line.split() for line in open(times) if line.strip())), ""]
+    table = [("quantity", "this project", "the paper", "seeds", "figure")]
+
+    L += ["## The toy model's three ingredients (Sec. 3, Fig. 2)", ""]
+    csv = os.path.join(out, "fig2_toy.csv")
+    if os.path.exists(csv):
+        toy = toy_ingredients(csv)
+        fmt = lambda x: "never" if math.isnan(x) else f"{x:.0f}"
+        for k, name in zip("abc", ("all three ingredients", "C_gen less efficient", "equal learning speed")):
+            L.append(f"- ({k}) {name}: train loss below half its peak at step {fmt(toy['steps'][k][0])}, "
+                     f"test loss at step {fmt(toy['steps'][k][1])}")
+        L += ["", f"Test: (a) test step >= {toy['delay']:g} x train step; (b) never; (c) test step <= 2 x train step.",
+              f"**Verdict: {verdict(toy['held'])}.** Paper (Fig. 2): \"we only get grokking when C_gen is learned "
+              "more slowly than C_mem\". Figure: `fig2_toy.png`.", ""]
+        table.append(("toy: test-loss drop step (a)", fmt(toy["steps"]["a"][1]), "delayed (Fig. 2a)", "-", "fig2_toy.png"))
+    else:
+        L += ["Not run (stage fig2). **Verdict: not enough data.**", ""]
+
+    L += ["## Grokking (Fig. 1a)", ""]
+    gdir = os.path.join(runs, "grok")
+    if os.path.exists(os.path.join(gdir, "params.pt")):
+        g = load_run(gdir)
+        e, tr, te = g["hist"]["epoch"], g["hist"]["train_acc"][0], g["hist"]["test_acc"][0]
+        first = lambda a: float(e[np.argmax(a >= 0.99)]) if (a >= 0.99).any() else float("nan")
+        t_tr, t_te = first(tr), first(te)
+        held = bool(np.isfinite(t_te) and t_te >= 10 * t_tr)
+        L += [f"Train accuracy first >= 0.99 at epoch {t_tr:.0f}; test accuracy at epoch {t_te:.0f} "
+              f"(D={g['runs']['n_train'][0]}, wd={g['runs']['wd'][0]:g}).", "",
+              "Test: test accuracy reaches 0.99 at least 10x later than train accuracy.",
+              f"**Verdict: {verdict(held)}.** Paper: grokking is the delayed rise of test accuracy (Fig. 1a). "
+              "Figures: `fig1a_grokking.png`, `analysis_grok/fig9_run0.png`.", ""]
+        table.append(("epoch of 99% test acc. (train)", f"{t_te:.0f} ({t_tr:.0f})", "delayed (Fig. 1a)", "1",
+                      "fig1a_grokking.png"))
+    else:
+        L += ["Not run (stage fig1a). **Verdict: not enough data.**", ""]
+
+    L += ["## P2 and P3: ungrokking (Sec. 5.2, Fig. 4)", ""]
+    udirs = sorted(os.path.join(runs, d) for d in (os.listdir(runs) if os.path.isdir(runs) else [])
+                   if d.startswith("ungrok") and os.path.exists(os.path.join(runs, d, "params.pt")))
+    if udirs:
+        u = ungrok_table(udirs)
+        p2, p3 = test_p2(u), test_p3(u)
+        for row in p2["rows"]:
+            L.append(f"- wd={row['wd']:g}: final test accuracy {row['acc_smallest']:.3f} at the smallest D' "
+                     f"({u['D'].min()}), {row['acc_largest']:.3f} at the largest ({u['D'].max()}); transition "
+                     f"width (D' above {p2['high']} / D' below {p2['low']}) = {row['width']:.2f}")
+        L += ["", f"P2 test: for every weight decay, accuracy < {p2['low']} at the smallest D', > {p2['high']} "
+              f"at the largest, and the transition within a factor {p2['max_ratio']:g} of D'.",
+              f"**P2 verdict: {verdict(p2['held'])}.** Paper (Fig. 4): \"We see a sharp transition from strong "
+              "test accuracy to near-zero test accuracy\".", ""]
+        cross = ", ".join(f"wd={w:g}: {c:.0f}" for w, c in zip(p3["wds"], p3["crossing"]))
+        L += [f"D' where mean final test accuracy crosses {p3['level']}: {cross}; largest / smallest = {p3['spread']:.2f}.",
+              "", f"P3 test: that crossing agrees within a factor {p3['max_spread']:g} across weight decays.",
+              f"**P3 verdict: {verdict(p3['held'], p3['enough'])}.** Paper (Fig. 4): \"independent of weight decay "
+              "(different coloured lines almost perfectly overlap)\". Figures: `fig4_ungrokking.png`, "
+              "`fig7_ungrokking_runs.png`, `fig1b_ungrokking.png`.", ""]
+        dcrit = float(np.exp(np.nanmean(np.log(p3["crossing"])))) if np.isfinite(p3["crossing"]).any() else float("nan")
+        L += [f"D_crit estimate (ungrokking): {dcrit:.0f}, the geometric mean over weight decays of the D' where "
+              f"final test accuracy crosses 0.5 (spread {np.nanmin(p3['crossing']):.0f}-{np.nanmax(p3['crossing']):.0f}). "
+              "Paper (App. A.2): ungrokking runs reach \"a test accuracy of ~0.7 with a dataset size of around "
+              "800-1000\". " + init_note(udirs[0]), ""]
+        table.append(("D' at 50% test acc. after ungrokking", f"{dcrit:.0f}", "~800-1000 at 70% (App. A.2)",
+                      f"{len(np.unique(u['seed']))} subset seed(s), 1 network", "fig4_ungrokking.png"))
+        table.append(("P3 spread of that D' over weight decays", f"{p3['spread']:.2f}x", "lines overlap (Fig. 4)",
+                      "-", "fig4_ungrokking.png"))
+    else:
+        L += ["Not run (stage fig4). **Verdicts P2, P3: not enough data.**", ""]
+
+    L += ["## P1: efficiency against dataset size (Sec. 5.1, Fig. 3)", "",
+          "Not run: this version of reproduce.sh has no Fig. 3 stage yet. **Verdict: not enough data.**", "",
+          "## P4: semi-grokking (Sec. 5.3, Fig. 5, 6, 1c)", "",
+          "Not run: this version of reproduce.sh has no semi-grokking stage yet. **Verdict: not enough data.**", ""]
+    L += ["## Summary table", ""] + ["| " + " | ".join(row) + " |" for row in table[:1]]
+    L += ["| " + " | ".join("---" for _ in table[0]) + " |"] + ["| " + " | ".join(row) + " |" for row in table[1:]]
+    return L
+
+
+def main_report(args, log=print):
+    """Write results.md into a reproduce.sh output folder."""
+    out = args.report
+    if not os.path.isdir(out):
+        raise ValueError(f"--report {out!r}: no such output folder (run ./reproduce.sh first)")
+    lines = report_lines(out, args.profile)
+    save_text(lines, os.path.join(out, "results.md"))
+    log("\n".join(lines))
+
+
+def main_experiment(args, log=print):
+    """Draw one experiment's figures from its run directory (--experiment fig1a or fig4)."""
+    if args.experiment == "fig1a" and len(args.run_dirs) != 1:
+        raise ValueError(f"--experiment fig1a needs one run directory, got {len(args.run_dirs)}")
+    out = args.out or "figures"
+    os.makedirs(out, exist_ok=True)
+    if args.experiment == "fig1a":
+        experiment_fig1a(args.run_dirs[0], out)
+    elif args.experiment == "fig4":
+        experiment_fig4(args.run_dirs, out)
+    else:
+        raise ValueError(f"unknown --experiment {args.experiment!r}; allowed: fig1a, fig4")
+    log(f"wrote the {args.experiment} figures to {out}")
+
+
+# -----------------------------------------------------------------------------
 # Command line
 
 
@@ -902,7 +1219,7 @@ def parse_args(argv):
     if unknown:
         raise ValueError(f"unrecognised argument(s) {' '.join(unknown)}; see --help")
     args = Args(**{**vars(ns), "run_dirs": tuple(ns.run_dirs)})
-    if not args.run_dirs and not (args.efficiency and args.replot):
+    if not args.run_dirs and not (args.efficiency and args.replot) and not args.report:
         raise ValueError("no run directory given; usage: python analysis.py RUN_DIR [--out DIR]")
     if not 0 < args.key_cover <= 1 or not 0 <= args.min_trig <= 1 or args.buckets < 1:
         raise ValueError("--key-cover must be in (0, 1], --min-trig in [0, 1] and --buckets >= 1")
@@ -915,7 +1232,12 @@ def main(argv=None):
         args = parse_args(argv)
         if args.threads > 0:
             torch.set_num_threads(args.threads)
-        (main_efficiency if args.efficiency else main_run)(args)
+        if args.report:
+            main_report(args)
+        elif args.experiment:
+            main_experiment(args)
+        else:
+            (main_efficiency if args.efficiency else main_run)(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

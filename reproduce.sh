@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# reproduce.sh: the paper's figures and a results report, from a fresh clone.
+#
+#   ./reproduce.sh                  quick profile: a 2-core CPU, no GPU (stage times in README.md)
+#   ./reproduce.sh paper            paper profile: one GPU, the paper's sizes as far as one GPU allows
+#   ./reproduce.sh quick fig4       one stage of a profile (stages are named after the figures)
+#   ./reproduce.sh quick list       the stages, with what each one runs
+#
+# Writes out/<profile>/: fig*.png named after the paper's figures, results.md (each claim's
+# test, its numbers and verdict, computed from the runs), runs/ (grok.py run directories) and
+# logs/ (one log per stage). A stage whose outputs exist is skipped; an interrupted stage
+# resumes from its checkpoints when run again. Set OUT=dir to write elsewhere.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PROFILE="${1:-quick}"
+ONLY="${2:-all}"
+case "$PROFILE" in
+  quick|paper|tiny) ;;
+  *) echo "error: unknown profile '$PROFILE'; allowed: quick, paper (tiny: the tests' toy scale)" >&2; exit 2 ;;
+esac
+OUT="${OUT:-out/$PROFILE}"
+THREADS="${THREADS:-0}"      # CPU threads for torch (0 = all cores)
+RUNS="$OUT/runs"
+LOGS="$OUT/logs"
+mkdir -p "$RUNS" "$LOGS"
+
+# ---- Setup: a virtual environment from requirements.txt (reused when it is already there).
+# PYTHON=/path/to/python skips it and uses that interpreter (the tests do this).
+if [ -n "${PYTHON:-}" ]; then
+  PY="$PYTHON"
+else
+  if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv and installing requirements.txt (about a minute)"
+    python3 -m venv .venv
+  fi
+  if ! .venv/bin/python -c "import numpy, torch, matplotlib" 2>/dev/null; then
+    .venv/bin/python -m pip install -q -r requirements.txt
+  fi
+  PY=.venv/bin/python
+fi
+
+# ---- Profiles: every size, grid and epoch count a stage uses. Both keep the paper's model and
+# optimiser (App. A: lr 1e-3, betas 0.9/0.98, wd 1 for grokking); the quick one shrinks grids,
+# seeds and epochs, and each figure's title says what it ran. EXPECT_* are the stage times in
+# seconds measured on a 2-core CPU (quick); the paper profile's are not measured yet.
+MODEL=""                    # grok.py flags for the task and model; empty = the paper's (App. A)
+if [ "$PROFILE" = tiny ]; then  # pipeline logic at toy scale, for tests/test_reproduce.py: nothing groks
+  MODEL="--p 23 --d-model 32 --d-head 8 --d-mlp 64"
+  GROK_EPOCHS=60
+  UNGROK_SIZES=30,60
+  UNGROK_WDS="1 2"
+  UNGROK_DECAY=0.04
+  EXPECT_fig2=10 EXPECT_fig1a=5 EXPECT_fig4=5 EXPECT_report=5
+elif [ "$PROFILE" = quick ]; then
+  GROK_EPOCHS=9000          # the standard run reaches 99% test accuracy near epoch 7800
+  UNGROK_SIZES=150,250,400,550,750,1000,1400   # D' over the transition (paper, Fig. 7: 7 sizes in [390, 1494])
+  UNGROK_WDS="1 2 3"        # weight decays for P3 (paper: "a range of weight decays")
+  UNGROK_DECAY=6            # lr*wd*epochs for every wd: 6000 epochs at wd=1 (paper: 100k steps, App. A.2)
+  EXPECT_fig2=10 EXPECT_fig1a=380 EXPECT_fig4=1000 EXPECT_report=5
+else
+  GROK_EPOCHS=20000
+  UNGROK_SIZES=390,480,590,720,880,1000,1080,1200,1320,1494,1800,2200
+  UNGROK_WDS="0.3 1 3"
+  UNGROK_DECAY=100          # 100k epochs at wd=1, as App. A.2
+  EXPECT_fig2=10 EXPECT_fig1a=0 EXPECT_fig4=0 EXPECT_report=5
+fi
+
+# ---- Stage runner: skip when done, keep a log, show an ETA, name the failed stage and its log
+STAGES=()
+stage() {  # stage NAME "what it runs" DONE_FILE FUNCTION
+  local name="$1" what="$2" done_file="$3" fn="$4"
+  STAGES+=("$name")
+  if [ "$ONLY" = list ]; then printf '  %-8s %s\n' "$name" "$what"; return 0; fi
+  if [ "$ONLY" != all ] && [ "$ONLY" != "$name" ]; then return 0; fi
+  if [ -e "$done_file" ]; then echo "[$name] done already ($done_file); skipped"; return 0; fi
+  local log="$LOGS/$name.log" t0=$SECONDS expect="EXPECT_$name"
+  local eta="${!expect:-0}"
+  if [ "$eta" -gt 0 ]; then eta="about $(( (eta + 59) / 60 )) min on a 2-core CPU"; else eta="time not measured yet"; fi
+  echo "[$name] $(date +%H:%M:%S) $what: $eta (log: $log)"
+  if ! "$fn" >>"$log" 2>&1; then
+    echo "error: stage '$name' failed after $((SECONDS - t0)) s; its log is $log; last lines:" >&2
+    tail -n 5 "$log" >&2
+    exit 1
+  fi
+  echo "[$name] finished in $((SECONDS - t0)) s"
+  echo "$name $((SECONDS - t0))" >>"$OUT/stage_times.txt"
+}
+
+# ---- Stage bodies
+
+run_fig2() {  # Sec. 3 / App. C: the two-circuit toy model, Theorem D.4 and the phase picture
+  $PY toy_sim.py --out "$OUT/fig2_toy.png" --csv
+  $PY toy_sim.py --theorem --out "$OUT/theorem_d4.png"
+  $PY toy_sim.py --phase --out "$OUT/toy_phase.png"
+  $PY toy_sim.py --preset ungrok --out "$OUT/toy_ungrok.png"
+  $PY toy_sim.py --preset semi --out "$OUT/toy_semi.png"
+}
+
+run_fig1a() {  # Fig. 1a and Fig. 9: the standard grokking run, with snapshots for the analysis
+  $PY grok.py $MODEL --epochs "$GROK_EPOCHS" --snapshots 60 --threads "$THREADS" --out "$RUNS/grok"
+  $PY analysis.py "$RUNS/grok" --out "$OUT/analysis_grok"
+  $PY analysis.py --experiment fig1a "$RUNS/grok" --out "$OUT"
+}
+
+run_fig4() {  # Fig. 4, 7, 10 and 1b: ungrokking from the grokked network onto smaller subsets D'
+  local dirs=() wd epochs
+  for wd in $UNGROK_WDS; do
+    epochs=$($PY -c "print(round($UNGROK_DECAY / (1e-3 * $wd)))")  # equal lr*wd*epochs for every wd
+    $PY grok.py $MODEL --init-from "$RUNS/grok" --train "$UNGROK_SIZES" --wd "$wd" --epochs "$epochs" \
+      --log-points 40 --log-every 250 --print-every 500 --threads "$THREADS" --out "$RUNS/ungrok_wd$wd"
+    dirs+=("$RUNS/ungrok_wd$wd")
+  done
+  $PY analysis.py --experiment fig4 "${dirs[@]}" --out "$OUT"
+  $PY analysis.py --efficiency "${dirs[@]}" --out "$OUT/efficiency_ungrok"   # Fig. 10 (and its table)
+  cp "$OUT/efficiency_ungrok/fig10.png" "$OUT/fig10_logit_ratio.png"
+}
+
+run_report() {  # results.md: every claim's test computed from the saved runs
+  $PY analysis.py --report "$OUT" --profile "$PROFILE"
+}
+
+# ---- The pipeline
+[ "$ONLY" = list ] && echo "stages of the $PROFILE profile:"
+stage fig2   "toy model: Fig. 2, Theorem D.4, phase picture (toy_sim.py)" "$OUT/fig2_toy.png" run_fig2
+stage fig1a  "grokking run, Fig. 1a, Fig. 9, progress measures"          "$OUT/fig1a_grokking.png" run_fig1a
+stage fig4   "ungrokking sweep: Fig. 4, Fig. 7, Fig. 10, Fig. 1b"        "$OUT/fig4_ungrokking.png" run_fig4
+stage report "results.md from the saved runs"                            "$OUT/.report_never_skipped" run_report
+[ "$ONLY" = list ] && exit 0
+case " ${STAGES[*]} all " in
+  *" $ONLY "*) ;;
+  *) echo "error: unknown stage '$ONLY'; allowed: ${STAGES[*]}, list" >&2; exit 2 ;;
+esac
+echo "done: figures and results.md in $OUT"
