@@ -24,6 +24,9 @@ Launch commands:
     python grok.py --random-labels --train 1000,2000,4000 --seeds 0-4 --wd 0.3,1,3 --out runs/mem
     python grok.py --train 6000,8000,10000 --seeds 0-4 --wd 0.3,1,3 --out runs/gen
     python analysis.py --efficiency runs/mem runs/gen --out figures   # Fig. 3 and Fig. 10
+    python analysis.py --experiment fig1a runs/std --out figures      # Fig. 1a from a grokking run
+    python analysis.py --experiment fig4 runs/ungrok_wd1 runs/ungrok_wd2 --out figures   # Fig. 4, 7, 1b
+    python analysis.py --report out/quick          # results.md for a reproduce.sh output folder
 Tests: python -m pytest -q tests/test_analysis.py
 """
 import argparse
@@ -948,7 +951,7 @@ def experiment_fig4(run_dirs, out):
     table = ungrok_table(run_dirs)
     c = runs[0]["cfg"]
     decay = ", ".join(f"wd={r['runs']['wd'][0]:g}: {r['cfg']['epochs']} epochs" for r in runs)
-    tag = f"{c['task']} mod {c['p']}; {decay}"
+    tag = f"{c['task']} mod {c['p']};\n{decay}"
     plot_fig4(dict(table, title=np.array(f"Fig. 4: ungrokking ({tag})")), os.path.join(out, "fig4_ungrokking.png"))
     first = runs[0]  # the smallest weight decay's directory: the longest run, for Fig. 7 and Fig. 1b
     t1 = final_table(first)
@@ -1137,22 +1140,27 @@ def draw_run_figures(progress, out, log=print):
             log(f"wrote {path}")
 
 
+def computed_or_saved(npz, replot, log, compute):
+    """With replot, the arrays saved in npz; otherwise compute() them and save them to npz."""
+    if replot:
+        if not os.path.exists(npz):
+            raise ValueError(f"--replot: {npz} does not exist; run without --replot first")
+        return load_npz(npz)
+    arrays = compute()
+    os.makedirs(os.path.dirname(os.path.abspath(npz)), exist_ok=True)
+    grok.save_npz(arrays, npz)
+    log(f"wrote {npz}")
+    return arrays
+
+
 def main_run(args, log=print):
     """Analyse one run directory: progress.npz, summary.txt and three figures per run."""
     if len(args.run_dirs) != 1:
         raise ValueError(f"give one run directory (got {len(args.run_dirs)}); pool several with --efficiency")
     run_dir = args.run_dirs[0]
     out = args.out or os.path.join(run_dir, "analysis")
-    npz = os.path.join(out, "progress.npz")
-    if args.replot:
-        if not os.path.exists(npz):
-            raise ValueError(f"--replot: {npz} does not exist; run without --replot first")
-        progress = load_npz(npz)
-    else:
-        progress = analyse_run(run_dir, args.run, args.final_only, args.key_cover, log)
-        os.makedirs(out, exist_ok=True)
-        grok.save_npz(progress, npz)
-        log(f"wrote {npz}")
+    progress = computed_or_saved(os.path.join(out, "progress.npz"), args.replot, log,
+                                 lambda: analyse_run(run_dir, args.run, args.final_only, args.key_cover, log))
     lines = summary_lines(progress)
     save_text(lines, os.path.join(out, "summary.txt"))
     log("\n".join(lines))
@@ -1162,18 +1170,10 @@ def main_run(args, log=print):
 def main_efficiency(args, log=print):
     """Pool run directories into the Fig. 3 triples and Fig. 10 points; write both figures and the table."""
     out = args.out or "figures"
-    npz = os.path.join(out, "efficiency.npz")
-    if args.replot:
-        if not os.path.exists(npz):
-            raise ValueError(f"--replot: {npz} does not exist; run without --replot first")
-        table = load_npz(npz)
-    else:
-        if not args.run_dirs:
-            raise ValueError("--efficiency needs at least one run directory")
-        table = efficiency_table(args.run_dirs, log)
-        os.makedirs(out, exist_ok=True)
-        grok.save_npz(table, npz)
-        log(f"wrote {npz}")
+    if not args.run_dirs and not args.replot:
+        raise ValueError("--efficiency needs at least one run directory")
+    table = computed_or_saved(os.path.join(out, "efficiency.npz"), args.replot, log,
+                              lambda: efficiency_table(args.run_dirs, log))
     fig3 = dict(fig3_triples(table, args.min_trig), buckets=np.array(args.buckets))
     fig10 = fig10_points(table, args.buckets)
     plot_fig3(fig3, os.path.join(out, "fig3.png"))

@@ -19,6 +19,11 @@ case "$PROFILE" in
   quick|paper|tiny) ;;
   *) echo "error: unknown profile '$PROFILE'; allowed: quick, paper (tiny: the tests' toy scale)" >&2; exit 2 ;;
 esac
+ALL_STAGES="fig2 fig1a fig4 report"
+case " $ALL_STAGES all list " in
+  *" $ONLY "*) ;;
+  *) echo "error: unknown stage '$ONLY'; allowed: $ALL_STAGES, all, list" >&2; exit 2 ;;
+esac
 OUT="${OUT:-out/$PROFILE}"
 THREADS="${THREADS:-0}"      # CPU threads for torch (0 = all cores)
 RUNS="$OUT/runs"
@@ -67,10 +72,8 @@ else
 fi
 
 # ---- Stage runner: skip when done, keep a log, show an ETA, name the failed stage and its log
-STAGES=()
 stage() {  # stage NAME "what it runs" DONE_FILE FUNCTION
   local name="$1" what="$2" done_file="$3" fn="$4"
-  STAGES+=("$name")
   if [ "$ONLY" = list ]; then printf '  %-8s %s\n' "$name" "$what"; return 0; fi
   if [ "$ONLY" != all ] && [ "$ONLY" != "$name" ]; then return 0; fi
   if [ -e "$done_file" ]; then echo "[$name] done already ($done_file); skipped"; return 0; fi
@@ -78,7 +81,14 @@ stage() {  # stage NAME "what it runs" DONE_FILE FUNCTION
   local eta="${!expect:-0}"
   if [ "$eta" -gt 0 ]; then eta="about $(( (eta + 59) / 60 )) min on a 2-core CPU"; else eta="time not measured yet"; fi
   echo "[$name] $(date +%H:%M:%S) $what: $eta (log: $log)"
-  if ! "$fn" >>"$log" 2>&1; then
+  # Run the stage in a subshell with errexit on: under `if ! fn`, bash would ignore set -e inside
+  # fn and carry on past a failing command, so the exit status is taken this way instead.
+  local rc=0
+  set +e
+  (set -e; "$fn") >>"$log" 2>&1
+  rc=$?
+  set -e
+  if [ "$rc" -ne 0 ]; then
     echo "error: stage '$name' failed after $((SECONDS - t0)) s; its log is $log; last lines:" >&2
     tail -n 5 "$log" >&2
     exit 1
@@ -127,8 +137,4 @@ stage fig1a  "grokking run, Fig. 1a, Fig. 9, progress measures"          "$OUT/f
 stage fig4   "ungrokking sweep: Fig. 4, Fig. 7, Fig. 10, Fig. 1b"        "$OUT/fig4_ungrokking.png" run_fig4
 stage report "results.md from the saved runs"                            "$OUT/.report_never_skipped" run_report
 [ "$ONLY" = list ] && exit 0
-case " ${STAGES[*]} all " in
-  *" $ONLY "*) ;;
-  *) echo "error: unknown stage '$ONLY'; allowed: ${STAGES[*]}, list" >&2; exit 2 ;;
-esac
 echo "done: figures and results.md in $OUT"
