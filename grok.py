@@ -291,7 +291,7 @@ def forward_last_folded(params, tokens, return_hidden=False):
     table = torch.cat([vo, resid_tab[:, -d_vocab:]], dim=1)  # plus the last token's own residual
     n_rows = table.shape[1]
     # Bags: the n_ctx*n_heads attention-weighted rows and the last token's row (weight 1).
-    local = rows - (rows // n_pos_tok) * n_pos_tok  # rows without the run offset: [R, B, n_ctx]
+    local = rows % n_pos_tok  # (position, token) rows without the run offset: [R, B, n_ctx]
     heads = torch.arange(n_heads, device=tokens.device)
     bag = (local[..., None] * n_heads + heads).flatten(2)  # [R, B, n_ctx*n_heads]
     last = n_ctx * d_vocab * n_heads + tokens[..., -1:]  # [R, B, 1]
