@@ -64,12 +64,14 @@ class Config:
     out: str = "runs/default"  # run directory
     device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda"
     threads: int = 0  # CPU threads for torch (0 = torch's default)
+    pad_ratio: float = 1.25  # runs whose D lie within this factor share one padded batch; the rest train apart
     bench: bool = False  # time bench_epochs epochs (train step + test forward) instead of training
     bench_epochs: int = 50  # epochs timed by --bench, after 3 warm-up epochs
 
 
 # Settings that may change when a run resumes; every other key must match the saved run.
-RESUME_FREE = ("device", "threads", "print_every", "bench", "bench_epochs", "out")  # a moved directory resumes
+# ("out": a moved directory resumes; "pad_ratio" only regroups the same arithmetic.)
+RESUME_FREE = ("device", "threads", "print_every", "bench", "bench_epochs", "out", "pad_ratio")
 
 # -----------------------------------------------------------------------------
 # Tasks and data
@@ -415,6 +417,8 @@ def check_config(cfg):
         raise ValueError("AdamW needs 0 <= beta1, beta2 < 1 and eps > 0")
     if not 0.0 <= cfg.stop_acc <= 1.0:
         raise ValueError(f"--stop-acc must be in [0, 1], got {cfg.stop_acc}")
+    if not cfg.pad_ratio >= 1.0:
+        raise ValueError(f"--pad-ratio must be >= 1 (1 = only equal D share a batch), got {cfg.pad_ratio}")
 
 
 def make_runs(cfg, n_all):
@@ -441,20 +445,50 @@ def build_data(cfg, runs, labels_all, n_out):
     return train_idx, test_idx, np.where(train_idx >= 0, train_labels, 0)
 
 
-def load_init(run_dir, R, shapes):
-    """Final parameters of a finished run, broadcast to R runs; checks they fit this model."""
+def pad_groups(n_train, ratio):
+    """Runs grouped by training-set size: lists of run indices whose D lie within `ratio` of each other."""
+    # Runs of different D are padded to a common length to step them as one batch; padding costs
+    # as much as real examples, and a geometric grid of D (150 ... 1400) would waste over half the
+    # compute. Runs are therefore stepped in groups of similar D, each padded to its own largest D.
+    order = sorted(range(len(n_train)), key=lambda r: n_train[r])
+    groups = [[order[0]]]
+    for r in order[1:]:
+        if n_train[r] > ratio * n_train[groups[-1][0]]:
+            groups.append([])
+        groups[-1].append(r)
+    return groups
+
+
+def load_init(run_dir, seeds, shapes):
+    """Final parameters of a finished run for each of this config's runs; checks they fit this model.
+
+    A source with one run starts every run; a source with several runs (seeds) starts each run
+    from the source run of the same seed, so an ungrokking sweep keeps each network's own seed.
+    """
     path = os.path.join(run_dir, "params.pt")
     if not os.path.exists(path):
         raise ValueError(f"--init-from {run_dir}: no params.pt there (is the run finished?)")
     src = torch.load(path, map_location="cpu")
+    n_src = src["W_E"].shape[0]
+    if n_src == 1:
+        pick = [0] * len(seeds)
+    else:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            src_seeds = json.load(f)["runs"]["seed"]
+        missing = sorted(set(seeds) - set(src_seeds))
+        if missing or len(set(src_seeds)) != n_src:
+            raise ValueError(f"--init-from {run_dir} holds {n_src} runs with seeds {sorted(src_seeds)}; each run "
+                             f"starts from the source run of its seed, so --seeds must be among them (one run "
+                             f"per seed there), got {sorted(set(seeds))}")
+        pick = [src_seeds.index(s) for s in seeds]
     out = {}
     for name, shape in shapes.items():
         t = src.get(name)
-        if t is None or tuple(t.shape[1:]) != shape or t.shape[0] not in (1, R):
-            got = None if t is None else tuple(t.shape)
-            raise ValueError(f"--init-from {run_dir} is a run of another shape: {name} is {got}, this run "
-                             f"needs {shape} per run, for {R} run(s) or 1 to share")
-        out[name] = t.expand(R, *shape).clone()
+        if t is None or tuple(t.shape[1:]) != shape:
+            got = None if t is None else tuple(t.shape[1:])
+            raise ValueError(f"--init-from {run_dir} is a run of another shape: {name} is {got} per run, "
+                             f"this run needs {shape}")
+        out[name] = t[pick].clone()  # [R, *shape]
     return out
 
 
@@ -531,7 +565,7 @@ def train(cfg):
     chunk = -(-n_test // n_chunks)
 
     if cfg.init_from:
-        params = load_init(cfg.init_from, R, shapes)
+        params = load_init(cfg.init_from, runs["seed"], shapes)
     else:
         per_run = [init_params(dims, s) for s in runs["seed"]]
         params = {n: torch.stack([p[n] for p in per_run]) for n in PARAM_SHAPES}
@@ -548,9 +582,29 @@ def train(cfg):
         state, hist, start, wall0 = ck["state"], ck["hist"], ck["epoch"], ck["wall_s"]
         print(f"resuming {out} from epoch {start}", flush=True)
 
+    # Groups of runs with similar D, each padded only to its own largest D (see pad_groups). A
+    # group of consecutive runs takes views of the parameters; any other group indexes them.
+    batches = []
+    for g in pad_groups(runs["n_train"], cfg.pad_ratio):
+        sel = slice(g[0], g[-1] + 1) if g == list(range(g[0], g[-1] + 1)) else to(np.array(g))
+        n = max(runs["n_train"][r] for r in g)
+        batches.append((sel, tr_tokens[sel, :n], tr_labels[sel, :n], tr_weight[sel, :n]))
+    order = np.concatenate(pad_groups(runs["n_train"], cfg.pad_ratio))
+    unsort = to(np.argsort(order))  # position of each run in the groups' concatenation
+
     def train_forward():
-        logits = forward_last(params, tr_tokens)
-        return logits, cross_entropy(logits, tr_labels, tr_weight)
+        """Training logits per group (a list of [R_g, D_g, n_out]) and each run's training loss [R]."""
+        logits, losses = [], []
+        for sel, tokens, labels, weight in batches:
+            logits.append(forward_last({n: t[sel] for n, t in params.items()}, tokens))
+            losses.append(cross_entropy(logits[-1], labels, weight))
+        return logits, torch.cat(losses).index_select(0, unsort)
+
+    def train_accuracy(logits):
+        """Each run's training accuracy [R] from train_forward's logits."""
+        acc = [((lg.argmax(-1) == labels) & (weight > 0)).sum(-1) / (weight > 0).sum(-1)
+               for lg, (_, _, labels, weight) in zip(logits, batches)]
+        return torch.cat(acc).index_select(0, unsort)
 
     def step(epoch, loss):
         grads = dict(zip(params, torch.autograd.grad(loss.sum(), list(params.values()))))
@@ -595,7 +649,7 @@ def train(cfg):
             logits, loss = train_forward()
         if epoch in records:
             with torch.no_grad():
-                tr_acc = ((logits.argmax(-1) == tr_labels) & tr_mask).sum(-1) / tr_mask.sum(-1)
+                tr_acc = train_accuracy(logits)
             te_loss, te_acc = evaluate(params, tokens_all, labels_all, te_idx, te_mask, chunk)
             row = dict(train_loss=loss.detach(), train_acc=tr_acc, test_loss=te_loss,
                        test_acc=te_acc, param_norm=param_norm(params))

@@ -19,7 +19,7 @@ case "$PROFILE" in
   quick|paper|tiny) ;;
   *) echo "error: unknown profile '$PROFILE'; allowed: quick, paper (tiny: the tests' toy scale)" >&2; exit 2 ;;
 esac
-ALL_STAGES="fig2 fig1a fig4 report"
+ALL_STAGES="fig2 fig1a fig4 fig3 fig5 fig8 report"
 case " $ALL_STAGES all list " in
   *" $ONLY "*) ;;
   *) echo "error: unknown stage '$ONLY'; allowed: $ALL_STAGES, all, list" >&2; exit 2 ;;
@@ -56,19 +56,60 @@ if [ "$PROFILE" = tiny ]; then  # pipeline logic at toy scale, for tests/test_re
   UNGROK_SIZES=30,60
   UNGROK_WDS="1 2"
   UNGROK_DECAY=0.04
-  EXPECT_fig2=10 EXPECT_fig1a=5 EXPECT_fig4=5 EXPECT_report=5
+  MEM_SIZES=30,60 MEM_WDS=1,2 MEM_SEEDS=0-1 MEM_EPOCHS=40
+  GEN_SIZES=200,400 GEN_WDS=1,2 GEN_EPOCHS=20
+  SEMI_MODEL="--p 11 --d-model 32 --d-head 8 --d-mlp 64" SEMI_SIZES=50,60 SEMI_SEEDS=0-1 SEMI_EPOCHS=60
+  FIG8_MODEL="--p 11 --d-model 32 --d-head 8 --d-mlp 64" FIG8_TASKS="add sub" FIG8_ADD_SEEDS=0-1 FIG8_EPOCHS=40
+  FIG8_SIZES=30,60 FIG8_WDS="1 2" FIG8_DECAY=0.04
+  EXPECT_fig2=10 EXPECT_fig1a=5 EXPECT_fig4=5 EXPECT_fig3=5 EXPECT_fig5=5 EXPECT_fig8=5 EXPECT_report=5
 elif [ "$PROFILE" = quick ]; then
   GROK_EPOCHS=9000          # the standard run reaches 99% test accuracy near epoch 7800
   UNGROK_SIZES=150,250,400,550,750,1000,1400   # D' over the transition (paper, Fig. 7: 7 sizes in [390, 1494])
   UNGROK_WDS="1 2 3"        # weight decays for P3 (paper: "a range of weight decays")
   UNGROK_DECAY=6            # lr*wd*epochs for every wd: 6000 epochs at wd=1 (paper: 100k steps, App. A.2)
-  EXPECT_fig2=10 EXPECT_fig1a=380 EXPECT_fig4=1000 EXPECT_report=5
+  MEM_SIZES=150,300,600     # Fig. 3 C_mem-only: random-label runs over D x wd x seeds, from scratch
+  MEM_WDS=1,2,3
+  MEM_SEEDS=0-1
+  MEM_EPOCHS=2500           # norms settle by 2000 at wd 2, 3; at wd=1 within 3% of their value at 3000
+  GEN_SIZES=2000,6000       # Fig. 3 C_gen-only: the grokked network trained on at these D, and wds
+  GEN_WDS=1,3
+  GEN_EPOCHS=1000
+  SEMI_MODEL="--p 41"       # semi-grokking from scratch needs ~1e7 epochs at p=113 (Fig. 6): p=41 here
+  SEMI_SIZES=650,700,750,800  # around D_crit at p=41 from scratch (placed by a pilot sweep: README)
+  SEMI_SEEDS=0-1
+  SEMI_EPOCHS=6000
+  FIG8_MODEL="--p 41"       # Fig. 8 at p=41: each task's network first trained on every pair
+  FIG8_TASKS="add div"      # add at p=41 too: its D_crit over network seeds
+  FIG8_ADD_SEEDS=0-2
+  FIG8_EPOCHS=3000          # training on all 1681 pairs first
+  FIG8_SIZES=100,170,280,460,760,1250
+  FIG8_WDS="1 3"
+  FIG8_DECAY=2              # 2000 epochs at wd=1, 667 at wd=3
+  EXPECT_fig2=10 EXPECT_fig1a=380 EXPECT_fig4=1000 EXPECT_fig3=400 EXPECT_fig5=500 EXPECT_fig8=500 EXPECT_report=5
 else
   GROK_EPOCHS=20000
   UNGROK_SIZES=390,480,590,720,880,1000,1080,1200,1320,1494,1800,2200
   UNGROK_WDS="0.3 1 3"
   UNGROK_DECAY=100          # 100k epochs at wd=1, as App. A.2
-  EXPECT_fig2=10 EXPECT_fig1a=0 EXPECT_fig4=0 EXPECT_report=5
+  MEM_SIZES=250,500,1000,2000,4000
+  MEM_WDS=0.3,0.5,1,2,3
+  MEM_SEEDS=0-4
+  MEM_EPOCHS=20000
+  GEN_SIZES=3000,4500,6000,9000,12769
+  GEN_WDS=0.3,0.5,1,2,3
+  GEN_EPOCHS=20000
+  SEMI_MODEL=""             # the paper's p=113: "10 seeds for each of 20 dataset sizes evenly spaced in [1500, 2050]"
+  SEMI_SIZES=$(seq -s, 1500 29 2051)
+  SEMI_SEEDS=0-9
+  SEMI_EPOCHS=1000000       # the paper trains for up to 3e7 epochs (Fig. 6); one GPU cannot
+  FIG8_MODEL=""
+  FIG8_TASKS="add sub div cond sq quad quad_x cube cube_y s5_mul s5_conj s5_xyx"
+  FIG8_ADD_SEEDS=0-4
+  FIG8_EPOCHS=10000
+  FIG8_SIZES=400,600,900,1350,2000,3000,4500,6750
+  FIG8_WDS="0.3 1 3"
+  FIG8_DECAY=100            # 100k steps at wd=1 (App. A, Fig. 8 caption)
+  EXPECT_fig2=10 EXPECT_fig1a=0 EXPECT_fig4=0 EXPECT_fig3=0 EXPECT_fig5=0 EXPECT_fig8=0 EXPECT_report=5
 fi
 
 # ---- Stage runner: skip when done, keep a log, show an ETA, name the failed stage and its log
@@ -126,6 +167,44 @@ run_fig4() {  # Fig. 4, 7, 10 and 1b: ungrokking from the grokked network onto s
   cp "$OUT/efficiency_ungrok/fig10.png" "$OUT/fig10_logit_ratio.png"
 }
 
+run_fig3() {  # Fig. 3 (P1): C_mem-only (random labels) and C_gen-only networks over D, wd and seeds
+  $PY grok.py $MODEL --random-labels --train "$MEM_SIZES" --wd "$MEM_WDS" --seeds "$MEM_SEEDS" \
+    --epochs "$MEM_EPOCHS" --log-points 30 --log-every 500 --print-every 500 --threads "$THREADS" --out "$RUNS/mem"
+  # C_gen-only: Sec. 5.1 trains on "large dataset sizes"; here the grokked network is trained on
+  # at other D and wd (cheaper than grokking anew), and the trig filter (> 95%) still applies.
+  $PY grok.py $MODEL --init-from "$RUNS/grok" --train "$GEN_SIZES" --wd "$GEN_WDS" --epochs "$GEN_EPOCHS" \
+    --log-points 20 --log-every 500 --print-every 500 --threads "$THREADS" --out "$RUNS/gen"
+  # Pooled with every other true-label run of this model: the grokked run and the ungrokking sweep.
+  local pool=("$RUNS/mem" "$RUNS/gen" "$RUNS/grok")
+  for d in "$RUNS"/ungrok_wd*; do [ -e "$d/params.pt" ] && pool+=("$d"); done
+  $PY analysis.py --efficiency "${pool[@]}" --out "$OUT/efficiency"
+  cp "$OUT/efficiency/fig3.png" "$OUT/fig3_efficiency.png"
+}
+
+run_fig5() {  # Fig. 5, 6 and 1c (P4): semi-grokking, runs from scratch at D just above D_crit
+  $PY grok.py $SEMI_MODEL --train "$SEMI_SIZES" --seeds "$SEMI_SEEDS" --epochs "$SEMI_EPOCHS" \
+    --log-points 150 --log-every 100 --print-every 500 --threads "$THREADS" --out "$RUNS/semi"
+  $PY analysis.py --experiment semi "$RUNS/semi" --out "$OUT"
+}
+
+run_fig8() {  # Fig. 8: ungrokking on other tasks, from networks trained on every pair of each task
+  local dirs=() task wd epochs seeds
+  for task in $FIG8_TASKS; do
+    # Addition gets several network seeds: its D_crit spread over seeds goes into results.md.
+    seeds=0; [ "$task" = add ] && seeds="$FIG8_ADD_SEEDS"
+    $PY grok.py $FIG8_MODEL --task "$task" --train 1.0 --seeds "$seeds" --epochs "$FIG8_EPOCHS" --log-points 20 \
+      --log-every 500 --print-every 500 --threads "$THREADS" --out "$RUNS/full_$task"
+    for wd in $FIG8_WDS; do
+      epochs=$($PY -c "print(round($FIG8_DECAY / (1e-3 * $wd)))")  # equal lr*wd*epochs, as in fig4
+      $PY grok.py $FIG8_MODEL --task "$task" --init-from "$RUNS/full_$task" --train "$FIG8_SIZES" --seeds "$seeds" \
+        --wd "$wd" --epochs "$epochs" --log-points 20 --log-every 500 --print-every 500 --threads "$THREADS" \
+        --out "$RUNS/ungrok8_${task}_wd$wd"
+      dirs+=("$RUNS/ungrok8_${task}_wd$wd")
+    done
+  done
+  $PY analysis.py --experiment fig8 "${dirs[@]}" --out "$OUT"
+}
+
 run_report() {  # results.md: every claim's test computed from the saved runs
   $PY analysis.py --report "$OUT" --profile "$PROFILE"
 }
@@ -135,6 +214,9 @@ run_report() {  # results.md: every claim's test computed from the saved runs
 stage fig2   "toy model: Fig. 2, Theorem D.4, phase picture (toy_sim.py)" "$OUT/fig2_toy.png" run_fig2
 stage fig1a  "grokking run, Fig. 1a, Fig. 9, progress measures"          "$OUT/fig1a_grokking.png" run_fig1a
 stage fig4   "ungrokking sweep: Fig. 4, Fig. 7, Fig. 10, Fig. 1b"        "$OUT/fig4_ungrokking.png" run_fig4
+stage fig3   "efficiency of C_mem and C_gen: Fig. 3 (P1)"              "$OUT/fig3_efficiency.png" run_fig3
+stage fig5   "semi-grokking sweep: Fig. 5, Fig. 6, Fig. 1c (P4)"          "$OUT/fig5_semi_grokking.png" run_fig5
+stage fig8   "ungrokking on other tasks: Fig. 8"                          "$OUT/fig8_ungrokking_tasks.png" run_fig8
 stage report "results.md from the saved runs"                            "$OUT/.report_never_skipped" run_report
 [ "$ONLY" = list ] && exit 0
 echo "done: figures and results.md in $OUT"

@@ -189,6 +189,20 @@ def test_batched_runs_equal_single_runs(tmp_path):
         assert err_p < 1e-4 and err_h < 1e-4, f"run {r}: params differ by {err_p:.2e}, history by {err_h:.2e}"
 
 
+def test_pad_groups_against_one_padded_batch(tmp_path):
+    # Grouping runs by D (pad_ratio 1.25: 40 and 70 train apart, the D=40 runs are not
+    # consecutive) and padding every run to the largest D (pad_ratio 10: one batch) are the
+    # same arithmetic on the real examples, so the runs must agree.
+    assert grok.pad_groups([40, 70, 40, 70, 45], 1.25) == [[0, 2, 4], [1, 3]]
+    assert grok.pad_groups([40, 70, 40], 10.0) == [[0, 2, 1]]
+    kw = dict(seeds="0,1", train="40,70", epochs=25)
+    grok.train(small_cfg(tmp_path / "groups", pad_ratio=1.25, **kw))
+    grok.train(small_cfg(tmp_path / "padded", pad_ratio=10.0, **kw))
+    a, b = (np.load(tmp_path / d / "history.npz") for d in ("groups", "padded"))
+    err = max(np.abs(a[k] - b[k]).max() for k in ("train_loss", "train_acc", "test_loss", "param_norm"))
+    assert err < 1e-5, f"grouped and padded runs differ by {err:.2e}"
+
+
 # -----------------------------------------------------------------------------
 # Files, checkpoints and resume
 
@@ -256,6 +270,20 @@ def test_init_from_starts_at_the_saved_parameters(tmp_path):
     assert all(torch.equal(start[k][r], src[k][0]) for k in src for r in range(4))
 
 
+def test_init_from_several_seeds_matches_each_run_to_its_seed(tmp_path):
+    grok.train(small_cfg(tmp_path / "full", train="1.0", seeds="3,5", epochs=10))
+    src = torch.load(tmp_path / "full" / "params.pt")
+    grok.train(small_cfg(tmp_path / "ungrok", train="30,60", seeds="5,3", init_from=str(tmp_path / "full"),
+                         epochs=5, snapshots=2))
+    start = torch.load(tmp_path / "ungrok" / "snapshots" / "epoch_00000000.pt")
+    seeds = json.load(open(tmp_path / "ungrok" / "config.json"))["runs"]["seed"]
+    assert seeds == [5, 5, 3, 3]
+    for r, s in enumerate(seeds):  # source run 0 has seed 3, run 1 seed 5
+        assert all(torch.equal(start[k][r], src[k][[3, 5].index(s)]) for k in src), f"run {r} (seed {s})"
+    with pytest.raises(ValueError, match=r"--seeds must be among them"):
+        grok.train(small_cfg(tmp_path / "bad", seeds="4", init_from=str(tmp_path / "full")))
+
+
 def test_random_labels_differ_from_true_labels(tmp_path):
     grok.train(small_cfg(tmp_path / "mem", random_labels=True, train="80"))
     idx = np.load(tmp_path / "mem" / "train_idx.npz")
@@ -295,7 +323,7 @@ def test_resume_with_other_settings_names_the_keys(tmp_path):
 
 def test_init_from_a_run_of_another_shape(tmp_path):
     grok.train(small_cfg(tmp_path / "src", p=13, epochs=5))
-    with pytest.raises(ValueError, match=r"a run of another shape: W_E is \(1, 15, 32\)"):
+    with pytest.raises(ValueError, match=r"a run of another shape: W_E is \(15, 32\) per run"):
         grok.train(small_cfg(tmp_path / "dst", init_from=str(tmp_path / "src")))
 
 

@@ -71,6 +71,82 @@ def test_toy_ingredients_both_ways(tmp_path):
     assert not analysis.toy_ingredients(str(csv))["held"]
 
 
+def triples(c_mem, c_gen, seed=0):
+    """Fig. 3 triples with P = k o^b D^c (times 1% noise): mem over D 150..600, gen over D 1000..6000."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, c, Ds in (("mem", c_mem, [150, 300, 600]), ("gen", c_gen, [1000, 3000, 6000])):
+        D = np.repeat(Ds, 6).astype(float)
+        logit = np.tile([5.0, 8.0, 12.0, 6.0, 9.0, 14.0], 3)
+        out[f"{name}_logit"], out[f"{name}_D"] = logit, D
+        out[f"{name}_norm"] = 4.0 * logit ** 0.5 * D ** c * np.exp(rng.normal(0, 0.01, len(D)))
+    return out
+
+
+def test_norm_elasticity_recovers_the_exponents():
+    t = triples(0.3, 0.0)
+    b, c, n = analysis.norm_elasticity(t["mem_logit"], t["mem_norm"], t["mem_D"])
+    assert n == 18 and abs(b - 0.5) < 0.02 and abs(c - 0.3) < 0.02, (b, c)
+
+
+def test_p1_verdict_both_ways():
+    held = analysis.test_p1(triples(0.3, 0.0))
+    gen_grows = analysis.test_p1(triples(0.3, 0.3))
+    mem_flat = analysis.test_p1(triples(0.0, 0.0))
+    few = triples(0.3, 0.0)
+    few = {k: (v[:3] if k.startswith("gen") else v) for k, v in few.items()}  # one D for C_gen
+    assert held["held"] and held["enough"], held
+    assert not gen_grows["held"] and gen_grows["enough"], gen_grows
+    assert not mem_flat["held"] and mem_flat["enough"], mem_flat
+    assert not analysis.test_p1(few)["enough"]
+
+
+def semi_run(curves, t_fit=100):
+    """A load_run-like dict whose runs reach train accuracy 1 at t_fit and follow the given test curves."""
+    epoch = np.unique(np.round(np.logspace(0, np.log10(6000), 120)).astype(int))
+    epoch = np.concatenate([[0], epoch])
+    test = np.stack([f(epoch) for f in curves])
+    train = np.where(epoch >= t_fit, 1.0, 0.5)[None].repeat(len(curves), 0)
+    train[-1] = 0.9  # the last run never fits its training set
+    n = len(curves)
+    hist = dict(epoch=epoch, train_acc=train, test_acc=test)
+    return dict(hist=hist, runs=dict(n_train=[700] * n, seed=list(range(n)), wd=[1.0] * n))
+
+
+SEMI = lambda e: np.where(e < 1000, 0.05, np.minimum(0.5, 0.05 + 0.45 * (e - 1000) / 1000))  # delayed, to 0.5
+GROK = lambda e: np.where(e < 1000, 0.05, np.minimum(1.0, 0.05 + (e - 1000) / 1000))  # delayed, to 1
+NONE = lambda e: np.full(len(e), 0.03)
+AT_ONCE = lambda e: np.full(len(e), 0.5)  # middling from the start: no transition
+UNFIT = lambda e: np.where(e < 1000, 0.05, 0.5)  # rises, but train accuracy never >= 0.99
+RISING = lambda e: np.where(e < 2000, 0.05, 0.05 + 0.45 * (e - 2000) / 4000)  # still climbing at the end
+
+
+def test_semi_grokking_outcomes_and_p4_both_ways():
+    run = semi_run([SEMI, GROK, NONE, AT_ONCE, RISING, UNFIT])
+    t = analysis.semi_grok_table(run)
+    assert t["outcome"].tolist() == [1, 2, 0, 0, 3, 0], t["outcome"]
+    e = run["hist"]["epoch"]
+    assert t["t_train"][0] == e[e >= 100][0] and abs(t["acc_final"][0] - 0.5) < 1e-9, (t["t_train"], t["acc_final"])
+    assert t["t_rise"][0] == e[e >= 1500][0], t["t_rise"]  # half-way (0.275) at epoch 1500: its first record
+    assert analysis.test_p4(t)["held"]
+    assert analysis.pick_semi_run(t)[0] == 0
+    t2 = analysis.semi_grok_table(semi_run([GROK, NONE, AT_ONCE, RISING, UNFIT]))
+    p4 = analysis.test_p4(t2)
+    assert not p4["held"] and p4["enough"] and p4["grokked"] == 1 and p4["transient"] == 1, p4
+    assert analysis.pick_semi_run(t2) == (3, "no run semi-grokked; a transient one")
+
+
+def test_dcrit_per_seed_matches_crossing():
+    # two seeds whose accuracy jumps at different D': each seed's crossing is its own
+    D = np.array([100, 200, 400, 800] * 2)
+    acc = np.array([0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    seed = np.repeat([0, 1], 4)
+    rows = analysis.dcrit_per_seed(dict(D=D, test_acc=acc, seed=seed, wd=np.ones(8)))
+    want = [np.sqrt(200 * 400), np.sqrt(400 * 800)]  # half-way on log D'
+    got = [r[2] for r in rows]
+    assert np.allclose(got, want), (got, want)
+
+
 # -----------------------------------------------------------------------------
 # reproduce.sh at toy scale (profile "tiny": p=23, a small model, tens of epochs)
 
@@ -93,10 +169,13 @@ def tiny(tmp_path_factory):
 def test_tiny_pipeline_writes_every_output(tiny):
     out, log = tiny
     for f in ("fig2_toy.png", "fig1a_grokking.png", "fig1b_ungrokking.png", "fig4_ungrokking.png",
-              "fig7_ungrokking_runs.png", "fig10_logit_ratio.png", "results.md", "logs/fig4.log"):
+              "fig7_ungrokking_runs.png", "fig10_logit_ratio.png", "fig3_efficiency.png", "fig5_semi_grokking.png",
+              "fig6_semi_grokking_run.png", "fig1c_semi_grokking.png", "fig8_ungrokking_tasks.png",
+              "results.md", "logs/fig4.log", "logs/fig8.log"):
         assert (out / f).exists(), f"{f} missing; log:\n{log}"
     text = (out / "results.md").read_text()
-    for section in ("three ingredients", "Grokking (Fig. 1a)", "P2 and P3", "P1:", "P4:", "Summary table"):
+    for section in ("three ingredients", "Grokking (Fig. 1a)", "P2 and P3", "P1:", "P4:", "Fig. 8", "D_crit",
+                    "Summary table"):
         assert section in text, section
     assert "Verdict: held" in text.split("## Grokking")[0], "the toy model's claim should hold"
 
@@ -106,7 +185,7 @@ def test_second_run_skips_finished_stages(tiny):
     before = (out / "fig4_ungrokking.png").stat().st_mtime
     code, log = repro(out, "tiny")
     assert code == 0, log
-    for name in ("fig2", "fig1a", "fig4"):
+    for name in ("fig2", "fig1a", "fig4", "fig3", "fig5", "fig8"):
         assert f"[{name}] done already" in log, log
     assert (out / "fig4_ungrokking.png").stat().st_mtime == before
 
