@@ -1009,7 +1009,7 @@ def plot_fig7(data, path):
 
 
 def plot_fig5(data, path):
-    """Fig. 5 of the paper: test accuracy over epochs of every run of a semi-grokking sweep, coloured by final accuracy."""
+    """Fig. 5 of the paper: test accuracy over epochs of every semi-grokking run, coloured by final accuracy."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     e = np.maximum(data["epoch"], 1)
     for r in np.argsort(data["acc_final"]):  # the most generalising runs drawn last, on top
@@ -1241,7 +1241,8 @@ def dcrit_lines(out, table):
             sources.append((f"p={p8} (fig8; from networks trained on every pair)", subset(d8, d8["task"] == "add")))
     if not sources:
         return L + ["No ungrokking runs of addition. **Not enough data.**", ""]
-    L += ["| modulus | weight decay | D_crit (mean over seeds) | spread over seeds | seeds |", "| --- | --- | --- | --- | --- |"]
+    L += ["| modulus | weight decay | D_crit (mean over seeds) | spread over seeds | seeds |",
+          "| --- | --- | --- | --- | --- |"]
     for name, t in sources:
         rows = dcrit_per_seed(t)
         for w in sorted({r[0] for r in rows}):
@@ -1252,8 +1253,10 @@ def dcrit_lines(out, table):
             L.append(f"| {name} | {w:g} | {mean} | {spread} | {len(ok)} of {len(xs)} crossed |")
         pooled = np.array([r[2] for r in rows])
         if np.isfinite(pooled).any():
+            p113 = name.startswith("p=113")
             table.append((f"D_crit, {name.split(' ')[0]} (mean over wd and seeds)", f"{np.nanmean(pooled):.0f}",
-                          "~800-1000 at 70%, p=113 (App. A.2)", f"{len(np.unique(t['seed']))}", "fig4 / fig8"))
+                          "~800-1000 at 70% (App. A.2)" if p113 else "- (p=113 only)", f"{len(np.unique(t['seed']))}",
+                          "fig4_ungrokking.png" if p113 else "fig8_ungrokking_tasks.png"))
     L += ["", "Paper: D_crit is not given as one number; the ungrokking runs reach \"a test accuracy of ~0.7 with "
           "a dataset size of around 800-1000\" and semi-grokking runs sit in [1500, 2050] (App. A.2, Sec. 5.3) at "
           "p=113. D_crit grows with the modulus, so only figures at the same p compare.", ""]
@@ -1307,7 +1310,7 @@ def report_lines(out, profile):
 
     L += ["## P2 and P3: ungrokking (Sec. 5.2, Fig. 4)", ""]
     udirs = sorted(os.path.join(runs, d) for d in (os.listdir(runs) if os.path.isdir(runs) else [])
-                   if d.startswith("ungrok") and os.path.exists(os.path.join(runs, d, "params.pt")))
+                   if d.startswith("ungrok_wd") and os.path.exists(os.path.join(runs, d, "params.pt")))
     if udirs:
         u = ungrok_table(udirs)
         p2, p3 = test_p2(u), test_p3(u)
@@ -1330,8 +1333,8 @@ def report_lines(out, profile):
         table.append(("P2: transition width in D' (acc. < 0.2 to > 0.9), widest over wd",
                       f"{max(widths):.2f}x" if np.isfinite(widths).all() else "no transition",
                       "sharp (Fig. 4)", "1", "fig4_ungrokking.png"))
-        table.append(("P3: spread over weight decays of the D' at 0.5 test acc.", f"{p3['spread']:.2f}x", "lines overlap (Fig. 4)",
-                      "-", "fig4_ungrokking.png"))
+        table.append(("P3: spread over weight decays of the D' at 0.5 test acc.", f"{p3['spread']:.2f}x",
+                      "lines overlap (Fig. 4)", "-", "fig4_ungrokking.png"))
     else:
         L += ["Not run (stage fig4). **Verdicts P2, P3: not enough data.**", ""]
 

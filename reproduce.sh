@@ -58,9 +58,9 @@ if [ "$PROFILE" = tiny ]; then  # pipeline logic at toy scale, for tests/test_re
   UNGROK_DECAY=0.04
   MEM_SIZES=30,60 MEM_WDS=1,2 MEM_SEEDS=0-1 MEM_EPOCHS=40
   GEN_SIZES=200,400 GEN_WDS=1,2 GEN_EPOCHS=20
-  SEMI_MODEL="--p 11 --d-model 32 --d-head 8 --d-mlp 64" SEMI_SIZES=50,60 SEMI_SEEDS=0-1 SEMI_EPOCHS=60
+  SEMI_MODEL="--p 11 --d-model 32 --d-head 8 --d-mlp 64" SEMI_SIZES=50,60 SEMI_SEEDS=0-1 SEMI_EPOCHS=60 SEMI_LOG_EVERY=10
   FIG8_MODEL="--p 11 --d-model 32 --d-head 8 --d-mlp 64" FIG8_TASKS="add sub" FIG8_ADD_SEEDS=0-1 FIG8_EPOCHS=40
-  FIG8_SIZES=30,60 FIG8_WDS="1 2" FIG8_DECAY=0.04
+  FIG8_SIZES=20,40 FIG8_WDS="1 2" FIG8_DECAY=0.04
   EXPECT_fig2=10 EXPECT_fig1a=5 EXPECT_fig4=5 EXPECT_fig3=5 EXPECT_fig5=5 EXPECT_fig8=5 EXPECT_report=5
 elif [ "$PROFILE" = quick ]; then
   GROK_EPOCHS=9000          # the standard run reaches 99% test accuracy near epoch 7800
@@ -78,11 +78,12 @@ elif [ "$PROFILE" = quick ]; then
   SEMI_SIZES=650,700,750,800  # around D_crit at p=41 from scratch (placed by a pilot sweep: README)
   SEMI_SEEDS=0-1
   SEMI_EPOCHS=6000
+  SEMI_LOG_EVERY=100
   FIG8_MODEL="--p 41"       # Fig. 8 at p=41: each task's network first trained on every pair
   FIG8_TASKS="add div"      # add at p=41 too: its D_crit over network seeds
   FIG8_ADD_SEEDS=0-2
   FIG8_EPOCHS=3000          # training on all 1681 pairs first
-  FIG8_SIZES=100,170,280,460,760,1250
+  FIG8_SIZES=40,65,100,170,280,460,760,1250
   FIG8_WDS="1 3"
   FIG8_DECAY=2              # 2000 epochs at wd=1, 667 at wd=3
   EXPECT_fig2=10 EXPECT_fig1a=380 EXPECT_fig4=1000 EXPECT_fig3=400 EXPECT_fig5=500 EXPECT_fig8=500 EXPECT_report=5
@@ -102,6 +103,7 @@ else
   SEMI_SIZES=$(seq -s, 1500 29 2051)
   SEMI_SEEDS=0-9
   SEMI_EPOCHS=1000000       # the paper trains for up to 3e7 epochs (Fig. 6); one GPU cannot
+  SEMI_LOG_EVERY=5000       # each record evaluates 200 runs on ~11k test pairs
   FIG8_MODEL=""
   FIG8_TASKS="add sub div cond sq quad quad_x cube cube_y s5_mul s5_conj s5_xyx"
   FIG8_ADD_SEEDS=0-4
@@ -183,7 +185,8 @@ run_fig3() {  # Fig. 3 (P1): C_mem-only (random labels) and C_gen-only networks 
 
 run_fig5() {  # Fig. 5, 6 and 1c (P4): semi-grokking, runs from scratch at D just above D_crit
   $PY grok.py $SEMI_MODEL --train "$SEMI_SIZES" --seeds "$SEMI_SEEDS" --epochs "$SEMI_EPOCHS" \
-    --log-points 150 --log-every 100 --print-every 500 --threads "$THREADS" --out "$RUNS/semi"
+    --log-points 150 --log-every "$SEMI_LOG_EVERY" --print-every "$SEMI_LOG_EVERY" --threads "$THREADS" \
+    --out "$RUNS/semi"
   $PY analysis.py --experiment semi "$RUNS/semi" --out "$OUT"
 }
 

@@ -178,6 +178,9 @@ def test_tiny_pipeline_writes_every_output(tiny):
                     "Summary table"):
         assert section in text, section
     assert "Verdict: held" in text.split("## Grokking")[0], "the toy model's claim should hold"
+    # P2/P3 read the fig4 sweeps alone (D' 30, 60), not fig8's sweeps of other tasks (D' 20, 40)
+    p2 = text.split("## P2 and P3")[1].split("## P1")[0]
+    assert "smallest D' (30)" in p2, p2
 
 
 def test_second_run_skips_finished_stages(tiny):
