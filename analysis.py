@@ -1407,8 +1407,11 @@ def report_lines(out, profile):
             on = d8["task"] == task
             p2, p3 = test_p2(subset(d8, on)), test_p3(subset(d8, on))
             cross = ", ".join(f"wd={w:g}: {c:.0f}" for w, c in zip(p3["wds"], p3["crossing"]))
-            L.append(f"- {task}: sharp transition (P2 test) {verdict(p2['held'])}; D' at 0.5 test accuracy {cross} "
-                     f"(spread {p3['spread']:.2f}x, P3 test {verdict(p3['held'], p3['enough'])})")
+            widths = ", ".join(f"{row['width']:.1f}x" for row in p2["rows"])
+            L.append(f"- {task}: final test accuracy {min(r['acc_smallest'] for r in p2['rows']):.3f}-"
+                     f"{max(r['acc_smallest'] for r in p2['rows']):.3f} at the smallest D'; transition width {widths} "
+                     f"(P2 test, <= {p2['max_ratio']:g}x: {verdict(p2['held'])}); D' at 0.5 test accuracy {cross} "
+                     f"(spread {p3['spread']:.2f}x, P3 test: {verdict(p3['held'], p3['enough'])})")
         L += ["", "Paper (Fig. 8 caption): \"in many cases test accuracy falls below 100%, often to nearly 0% ... For "
               "most datasets the transition point is independent of weight decay\". Figure: "
               "`fig8_ungrokking_tasks.png`.", ""]
