@@ -59,7 +59,7 @@ if [ "$PROFILE" = tiny ]; then  # pipeline logic at toy scale, for tests/test_re
   MEM_SIZES=30,60 MEM_WDS=1,2 MEM_SEEDS=0-1 MEM_EPOCHS=40
   GEN_SIZES=200,400 GEN_WDS=1,2 GEN_EPOCHS=20
   SEMI_MODEL="--p 11 --d-model 32 --d-head 8 --d-mlp 64" SEMI_SIZES=50,60 SEMI_SEEDS=0-1 SEMI_EPOCHS=60 SEMI_LOG_EVERY=10
-  FIG8_MODEL="--p 11 --d-model 32 --d-head 8 --d-mlp 64" FIG8_TASKS="add sub" FIG8_ADD_SEEDS=0-1 FIG8_EPOCHS=40
+  FIG8_MODEL="--p 11 --d-model 32 --d-head 8 --d-mlp 64" FIG8_TASKS="add div" FIG8_ADD_SEEDS=0-1 FIG8_EPOCHS=40
   FIG8_SIZES=20,40 FIG8_WDS="1 2" FIG8_DECAY=0.04
   EXPECT_fig2=10 EXPECT_fig1a=5 EXPECT_fig4=5 EXPECT_fig3=5 EXPECT_fig5=5 EXPECT_fig8=5 EXPECT_report=5
 elif [ "$PROFILE" = quick ]; then
