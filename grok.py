@@ -584,19 +584,19 @@ def train(cfg):
 
     # Groups of runs with similar D, each padded only to its own largest D (see pad_groups). A
     # group of consecutive runs takes views of the parameters; any other group indexes them.
-    batches = []
-    for g in pad_groups(runs["n_train"], cfg.pad_ratio):
+    groups, batches = pad_groups(runs["n_train"], cfg.pad_ratio), []
+    for g in groups:
         sel = slice(g[0], g[-1] + 1) if g == list(range(g[0], g[-1] + 1)) else to(np.array(g))
         n = max(runs["n_train"][r] for r in g)
         batches.append((sel, tr_tokens[sel, :n], tr_labels[sel, :n], tr_weight[sel, :n]))
-    order = np.concatenate(pad_groups(runs["n_train"], cfg.pad_ratio))
-    unsort = to(np.argsort(order))  # position of each run in the groups' concatenation
+    unsort = to(np.argsort(np.concatenate(groups)))  # position of each run in the groups' concatenation
 
     def train_forward():
         """Training logits per group (a list of [R_g, D_g, n_out]) and each run's training loss [R]."""
         logits, losses = [], []
         for sel, tokens, labels, weight in batches:
-            logits.append(forward_last({n: t[sel] for n, t in params.items()}, tokens))
+            every = isinstance(sel, slice) and sel == slice(0, R)  # one group of all runs: no views needed
+            logits.append(forward_last(params if every else {n: t[sel] for n, t in params.items()}, tokens))
             losses.append(cross_entropy(logits[-1], labels, weight))
         return logits, torch.cat(losses).index_select(0, unsort)
 
