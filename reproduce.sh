@@ -56,6 +56,7 @@ if [ "$PROFILE" = tiny ]; then  # pipeline logic at toy scale, for tests/test_re
   UNGROK_SIZES=30,60
   UNGROK_WDS="1 2"
   UNGROK_DECAY=0.04
+  UNGROK_SOURCE=full FULL_EPOCHS=30
   MEM_SIZES=30,60 MEM_WDS=1,2 MEM_SEEDS=0-1 MEM_EPOCHS=40
   GEN_SIZES=200,400 GEN_WDS=1,2 GEN_EPOCHS=20
   SEMI_MODEL="--p 11 --d-model 32 --d-head 8 --d-mlp 64" SEMI_SIZES=50,60 SEMI_SEEDS=0-1 SEMI_EPOCHS=60 SEMI_LOG_EVERY=10
@@ -67,6 +68,7 @@ elif [ "$PROFILE" = quick ]; then
   UNGROK_SIZES=150,250,400,550,750,1000,1400   # D' over the transition (paper, Fig. 7: 7 sizes in [390, 1494])
   UNGROK_WDS="1 2 3"        # weight decays for P3 (paper: "a range of weight decays")
   UNGROK_DECAY=6            # lr*wd*epochs for every wd: 6000 epochs at wd=1 (paper: 100k steps, App. A.2)
+  UNGROK_SOURCE=grok        # ungrok the fig1a network (D=3830); the paper's source trains on every pair
   MEM_SIZES=150,300,600     # Fig. 3 C_mem-only: random-label runs over D x wd x seeds, from scratch
   MEM_WDS=1,2,3
   MEM_SEEDS=0-1
@@ -92,6 +94,8 @@ else
   UNGROK_SIZES=390,480,590,720,880,1000,1080,1200,1320,1494,1800,2200
   UNGROK_WDS="0.3 1 3"
   UNGROK_DECAY=100          # 100k epochs at wd=1, as App. A.2
+  UNGROK_SOURCE=full        # Fig. 4: first trained on all 12769 pairs
+  FULL_EPOCHS=10000
   MEM_SIZES=250,500,1000,2000,4000
   MEM_WDS=0.3,0.5,1,2,3
   MEM_SEEDS=0-4
@@ -156,11 +160,18 @@ run_fig1a() {  # Fig. 1a and Fig. 9: the standard grokking run, with snapshots f
   $PY analysis.py --experiment fig1a "$RUNS/grok" --out "$OUT"
 }
 
-run_fig4() {  # Fig. 4, 7, 10 and 1b: ungrokking from the grokked network onto smaller subsets D'
-  local dirs=() wd epochs
+run_fig4() {  # Fig. 4, 7, 10 and 1b: ungrokking from a grokked network onto smaller subsets D'
+  local dirs=() wd epochs src="$RUNS/grok"
+  if [ "$UNGROK_SOURCE" = full ]; then
+    # Fig. 4 caption: "We train on the full dataset (achieving 100% test accuracy), and then
+    # continue training on a smaller subset". The quick profile starts from the fig1a network instead.
+    $PY grok.py $MODEL --train 1.0 --epochs "$FULL_EPOCHS" --log-points 20 --log-every 500 --print-every 500 \
+      --threads "$THREADS" --out "$RUNS/full"
+    src="$RUNS/full"
+  fi
   for wd in $UNGROK_WDS; do
     epochs=$($PY -c "print(round($UNGROK_DECAY / (1e-3 * $wd)))")  # equal lr*wd*epochs for every wd
-    $PY grok.py $MODEL --init-from "$RUNS/grok" --train "$UNGROK_SIZES" --wd "$wd" --epochs "$epochs" \
+    $PY grok.py $MODEL --init-from "$src" --train "$UNGROK_SIZES" --wd "$wd" --epochs "$epochs" \
       --log-points 40 --log-every 250 --print-every 500 --threads "$THREADS" --out "$RUNS/ungrok_wd$wd"
     dirs+=("$RUNS/ungrok_wd$wd")
   done
