@@ -26,7 +26,10 @@ Launch commands:
     python analysis.py --efficiency runs/mem runs/gen --out figures   # Fig. 3 and Fig. 10
     python analysis.py --experiment fig1a runs/std --out figures      # Fig. 1a from a grokking run
     python analysis.py --experiment fig4 runs/ungrok_wd1 runs/ungrok_wd2 --out figures   # Fig. 4, 7, 1b
+    python analysis.py --experiment semi runs/semi --out figures        # Fig. 5, 6, 1c (semi-grokking sweep)
+    python analysis.py --experiment fig8 runs/ungrok8_div_wd1 runs/ungrok8_div_wd3 --out figures   # Fig. 8
     python analysis.py --report out/quick          # results.md for a reproduce.sh output folder
+The experiment figures and results.md read only run histories, so they work for every task.
 Tests: python -m pytest -q tests/test_analysis.py
 """
 import argparse
@@ -1218,14 +1221,15 @@ def dcrit_per_seed(table, level=0.5):
             for sel in [(table["wd"] == w) & (table["seed"] == s)]]
 
 
-def dcrit_lines(out, table):
-    """results.md's D_crit section: per weight decay and seed, from the ungrokking sweeps of addition."""
+def dcrit_lines(out):
+    """results.md's D_crit section (per weight decay and seed, from the ungrokking sweeps of addition)
+    and its rows for the summary table: (lines, rows)."""
     # D_crit is where C_gen and C_mem are equally efficient (Sec. 4.1). Its estimate here: the D'
     # at which the final test accuracy after ungrokking crosses 0.5, interpolated on log D'
     # (`crossing`), for each weight decay and network seed; the spread is the range over seeds.
     L = ["Estimate: the D' where final test accuracy after ungrokking crosses 0.5, interpolated on log D', "
          "for each weight decay and network seed; spread = smallest-largest over seeds.", ""]
-    sources = []
+    sources, rows_out = [], []
     u = [os.path.join(out, "runs", d) for d in sorted(os.listdir(os.path.join(out, "runs")))
          if d.startswith("ungrok_wd")] if os.path.isdir(os.path.join(out, "runs")) else []
     u = [d for d in u if os.path.exists(os.path.join(d, "params.pt"))]
@@ -1240,7 +1244,7 @@ def dcrit_lines(out, table):
             p8 = load_run(os.path.join(out, "runs", "full_add"))["cfg"]["p"]
             sources.append((f"p={p8} (fig8; from networks trained on every pair)", subset(d8, d8["task"] == "add")))
     if not sources:
-        return L + ["No ungrokking runs of addition. **Not enough data.**", ""]
+        return L + ["No ungrokking runs of addition. **Not enough data.**", ""], rows_out
     L += ["| modulus | weight decay | D_crit (mean over seeds) | spread over seeds | seeds |",
           "| --- | --- | --- | --- | --- |"]
     for name, t in sources:
@@ -1254,13 +1258,13 @@ def dcrit_lines(out, table):
         pooled = np.array([r[2] for r in rows])
         if np.isfinite(pooled).any():
             p113 = name.startswith("p=113")
-            table.append((f"D_crit, {name.split(' ')[0]} (mean over wd and seeds)", f"{np.nanmean(pooled):.0f}",
+            rows_out.append((f"D_crit, {name.split(' ')[0]} (mean over wd and seeds)", f"{np.nanmean(pooled):.0f}",
                           "~800-1000 at 70% (App. A.2)" if p113 else "- (p=113 only)", f"{len(np.unique(t['seed']))}",
                           "fig4_ungrokking.png" if p113 else "fig8_ungrokking_tasks.png"))
     L += ["", "Paper: D_crit is not given as one number; the ungrokking runs reach \"a test accuracy of ~0.7 with "
           "a dataset size of around 800-1000\" and semi-grokking runs sit in [1500, 2050] (App. A.2, Sec. 5.3) at "
           "p=113. D_crit grows with the modulus, so only figures at the same p compare.", ""]
-    return L
+    return L, rows_out
 
 
 def report_lines(out, profile):
@@ -1341,7 +1345,8 @@ def report_lines(out, profile):
     L += ["## P1: efficiency against dataset size (Sec. 5.1, Fig. 3)", ""]
     eff = os.path.join(out, "efficiency", "efficiency.npz")
     if os.path.exists(eff):
-        tri = fig3_triples(load_npz(eff))
+        eff_table = load_npz(eff)
+        tri = fig3_triples(eff_table)
         p1 = test_p1(tri)
         fmt_D = lambda D: ", ".join(str(int(d)) for d in np.unique(D)) or "none"
         L += [f"- C_mem-only (random labels): {p1['n_mem']} runs at D = {fmt_D(tri['mem_D'])}; fit "
@@ -1358,7 +1363,7 @@ def report_lines(out, profile):
               "(and include the ungrokking runs that stay trigonometric); the paper trains them from scratch over "
               "seeds, so the spread over seeds that it reports is absent here.", ""]
         table.append(("P1: norm growth with D at fixed logit, C_mem / C_gen", f"{p1['c_mem']:.3f} / {p1['c_gen']:.3f}",
-                      "up (Fig. 3b) / flat (Fig. 3d)", f"{len(np.unique(load_npz(eff)['seed']))}",
+                      "up (Fig. 3b) / flat (Fig. 3d)", f"{len(np.unique(eff_table['seed']))}",
                       "fig3_efficiency.png"))
     else:
         L += ["Not run (stage fig3). **Verdict: not enough data.**", ""]
@@ -1418,7 +1423,9 @@ def report_lines(out, profile):
     else:
         L += ["Not run (stage fig8).", ""]
 
-    L += ["## D_crit for modular addition", ""] + dcrit_lines(out, table)
+    lines, rows = dcrit_lines(out)
+    L += ["## D_crit for modular addition", ""] + lines
+    table += rows
 
     L += ["## Summary table", ""] + ["| " + " | ".join(row) + " |" for row in table[:1]]
     L += ["| " + " | ".join("---" for _ in table[0]) + " |"] + ["| " + " | ".join(row) + " |" for row in table[1:]]
