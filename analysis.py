@@ -34,7 +34,6 @@ Tests: python -m pytest -q tests/test_analysis.py
 """
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -151,7 +150,7 @@ def one_run(params, r):
 def logits_and_hidden(params, tokens):
     """Logits [R, B, n_out] and MLP activations [R, B, d_mlp] at the last position (grok.py's model)."""
     with torch.no_grad():
-        return grok.forward_last_folded(params, tokens, return_hidden=True)
+        return grok.forward_last(params, tokens, return_hidden=True)
 
 
 def sum_squared_weights(params):
@@ -248,9 +247,10 @@ def loss_acc(Zf, idx, labels):
 
 def margins(Zf, idx, labels):
     """Correct logit minus the best wrong logit for each input in idx: [n] (> 0 exactly when top-1 is right)."""
-    # Blog note 001: "softmax classifiers ... route through a top-1 argmax, so logits that are
-    # evolving continuously map onto a piecewise-constant accuracy curve that flips once the right
-    # logit crosses its competitor." The margin is that crossing, measured before the threshold.
+    # The blog note "Four explanations for grokking": "softmax classifiers ... route through a
+    # top-1 argmax, so logits that are evolving continuously map onto a piecewise-constant accuracy
+    # curve that flips once the right logit crosses its competitor." The margin is that crossing,
+    # measured before the threshold.
     logits = Zf[idx].double()  # [n, p]
     correct = logits.gather(-1, labels[:, None])[:, 0]
     wrong = logits.scatter(-1, labels[:, None], -math.inf).max(-1).values
@@ -1534,38 +1534,13 @@ def main_efficiency(args, log=print):
     log("\n".join(lines) + f"\nwrote {os.path.join(out, 'fig3.png')} and {os.path.join(out, 'fig10.png')}")
 
 
-def field_help(cls):
-    """{field name: its trailing '# why' comment} from a dataclass's source, for --help."""
-    helps = {}
-    for line in inspect.getsource(cls).splitlines():
-        head, _, comment = line.partition("  # ")
-        if ":" in head and "=" in head and comment:
-            helps[head.split(":")[0].strip()] = comment.strip()
-    return helps
-
-
 def parse_args(argv):
     """Parse the command line into Args; a malformed flag raises ValueError (one line)."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1], exit_on_error=False,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = grok.OneLineParser(prog="analysis.py", description=__doc__.split("\n")[1],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dirs", nargs="*", help="run directory (several with --efficiency)")
-    helps = field_help(Args)
-    for f in dataclasses.fields(Args):
-        if f.name == "run_dirs":
-            continue
-        h = f"{helps.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")  # argparse formats help with %
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
-            ap.add_argument(flag, action="store_true", help=h)
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            ap.add_argument(flag, type=kind, default=f.default, help=h)
-    try:
-        ns, unknown = ap.parse_known_args(argv)
-    except argparse.ArgumentError as err:
-        raise ValueError(str(err)) from None
-    if unknown:
-        raise ValueError(f"unrecognised argument(s) {' '.join(unknown)}; see --help")
+    grok.add_field_flags(ap, Args, skip=("run_dirs",))  # the same flag spelling and --help as grok.py
+    ns = ap.parse_args(argv)
     args = Args(**{**vars(ns), "run_dirs": tuple(ns.run_dirs)})
     if not args.run_dirs and not (args.efficiency and args.replot) and not args.report:
         raise ValueError("no run directory given; usage: python analysis.py RUN_DIR [--out DIR]")

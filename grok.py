@@ -1,11 +1,15 @@
 """
-grok.py: a hand-written 1-layer transformer and a batched full-batch AdamW trainer
-for the grokking tasks of Varma et al. (2023), "Explaining grokking through circuit
-efficiency", with the architecture of Nanda et al. (2023).
+grok.py: the 1-layer transformer of the grokking papers, and a full-batch AdamW loop that
+trains many runs at once, on CPU or CUDA.
 
-One process trains R runs at once (each with its own seed, training subset, weight
-decay and learning rate): every parameter is one stacked tensor with a leading run
-axis, and every matmul is a batched matmul over that axis.
+The training setup is App. A of Varma et al. (2023), "Explaining grokking through circuit
+efficiency"; the architecture is Nanda et al. (2023), "Progress measures for grokking via
+mechanistic interpretability". The file reads top to bottom: Config, data, the textbook model,
+loss, AdamW, the training loop; then the speed section (an exact, tested rewrite of the model
+that computes only what the loss reads) and the command line.
+
+One process trains R runs at once, each with its own seed, training subset, weight decay and
+learning rate: every parameter is one tensor with a leading run axis R.
 
 Launch commands:
     python grok.py                                   # the standard run: a+b mod 113, 30% of pairs, wd=1; groks
@@ -14,12 +18,16 @@ Launch commands:
     python grok.py --train 1.0 --stop-acc 1.0 --out runs/full                       # train on every pair
     python grok.py --init-from runs/full --train 800 --out runs/ungrok             # ungrokking (Sec. 5.2)
     python grok.py --random-labels --train 2000 --out runs/mem                     # C_mem-only (Sec. 5.1)
-    python grok.py --bench --fmt nanda --train 3830                                # ms per epoch
-Running the same command again resumes from the last checkpoint (or says it is done).
+    python grok.py --bench --fmt nanda --train 3830                                # ms per epoch, this file
+    python grok.py --bench --bench-impl reference --fmt nanda --train 3830         # ... the straightforward way
+    python grok.py --help                                                          # every setting and its source
+Running the same command again resumes from the last checkpoint (or says the run is finished).
 """
 import argparse
 import ctypes
 import dataclasses
+import hashlib
+import inspect
 import itertools
 import json
 import math
@@ -47,36 +55,39 @@ class Config:
     lr: str = "1e-3"  # learning rate(s), comma list; App. A: "learning rate of 10^-3"
     random_labels: bool = False  # random labels on the training subset: the C_mem-only networks of Sec. 5.1
     epochs: int = 12000  # full-batch steps; the standard run passes 99% test accuracy near epoch 7800
-    beta1: float = 0.9  # App. A: beta_1 = 0.9
+    beta1: float = 0.9  # App. A: AdamW with beta_1 = 0.9
     beta2: float = 0.98  # App. A: beta_2 = 0.98
-    eps: float = 1e-8  # torch's AdamW default, which Nanda et al. use (the paper does not say)
+    eps: float = 1e-8  # not in the paper: torch.optim.AdamW's default, which Nanda et al. use
     d_model: int = 128  # App. A: residual stream width
     n_heads: int = 4  # App. A: d_model / d_head = 4 heads
-    d_head: int = 32  # App. A: size of query, key and value vectors
+    d_head: int = 32  # App. A: size of the query, key and value vectors
     d_mlp: int = 512  # App. A: neurons in the MLP's hidden layer
-    init_from: str = ""  # run directory whose final parameters start this run (ungrokking, Sec. 5.2)
+    init_from: str = ""  # run directory whose final parameters start these runs (ungrokking, Sec. 5.2)
     log_every: int = 100  # record metrics every k epochs (plus log_points log-spaced epochs)
-    log_points: int = 200  # log-spaced epochs recorded as well, for the log-axis plots of 1e3..1e7 epochs
+    log_points: int = 200  # log-spaced epochs recorded as well, for log-axis plots of 1e3..1e7 epochs
     print_every: int = 1000  # progress line every k epochs
     ckpt_every: int = 1000  # checkpoint every k epochs: a kill loses at most this many
     snapshots: int = 0  # parameter snapshots at this many log-spaced epochs (0 = none); analysis.py reads them
     stop_acc: float = 0.0  # stop once every run's test accuracy reaches this (0 = run all epochs)
     out: str = "runs/default"  # run directory
-    device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda"
-    threads: int = 0  # CPU threads for torch (0 = torch's default)
-    pad_ratio: float = 1.25  # runs whose D lie within this factor share one padded batch; the rest train apart
-    bench: bool = False  # time bench_epochs epochs (train step + test forward) instead of training
+    device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
+    threads: int = 0  # CPU threads for torch (0 = torch's default, every core)
+    pad_ratio: float = 1.25  # speed: runs whose D lie within this factor share one padded batch
+    bench: bool = False  # time bench_epochs epochs (one AdamW step + a forward over the test pairs each) instead of training
+    bench_impl: str = "fast"  # with --bench: "fast" (this file), "reference" (textbook forward + torch.optim.AdamW), "serial" (fast, one run at a time)
     bench_epochs: int = 50  # epochs timed by --bench, after 3 warm-up epochs
 
 
-# Settings that may change when a run resumes; every other key must match the saved run.
-# ("out": a moved directory resumes; "pad_ratio" only regroups the same arithmetic.)
-RESUME_FREE = ("device", "threads", "print_every", "bench", "bench_epochs", "out", "pad_ratio")
+# Settings that may change when a run resumes; every other setting must match the saved run.
+# ("out": a moved directory resumes; "pad_ratio" only regroups the same arithmetic. The run lists
+# are compared by their values, and --init-from by the content of the source's params.pt, so
+# "--wd 1" resumes "--wd 1.0" and a moved source still matches.)
+RESUME_FREE = ("device", "threads", "print_every", "bench", "bench_impl", "bench_epochs", "out", "pad_ratio",
+               "seeds", "train", "wd", "lr", "init_from")
 
 # -----------------------------------------------------------------------------
-# Tasks and data
-# Power et al. (2021), as in the paper's Fig. 8. Modular tasks: x, y in 0..p-1 (y != 0
-# where the task divides). S5 tasks: x, y are the 120 permutations of 5 elements.
+# Data: the tasks of Power et al. (2021) used in the paper's Fig. 8. Modular tasks: x, y in
+# 0..p-1 (y != 0 where the task divides). S5 tasks: x, y are the 120 permutations of 5 elements.
 
 TASKS = {
     "add": "x+y", "sub": "x-y", "div": "x/y", "cond": "x/y if y odd else x-y",
@@ -92,7 +103,7 @@ def is_prime(n):
 
 
 def task_table(task, p):
-    """All (x, y, label) triples of a task as int64 arrays, and the number of elements n."""
+    """All (x, y, label) triples of a task as int64 arrays [3, N], and the number of elements n."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
     if task.startswith("s5_"):
@@ -145,6 +156,174 @@ def make_dataset(task, p, fmt):
     return torch.from_numpy(tokens), torch.from_numpy(z), d_vocab, n
 
 
+def split_indices(n_all, d, seed):
+    """Training and test indices of one run: the first d of a seeded permutation, and the rest."""
+    # A run's subset depends on its own seed alone, so one seed gives nested subsets over D.
+    perm = np.random.default_rng([seed, 1]).permutation(n_all)
+    train, test = np.sort(perm[:d]), np.sort(perm[d:])
+    # A run trained on every pair has no test set; its "test" metrics are then over all pairs.
+    return train, (test if len(test) else np.arange(n_all))
+
+
+def random_train_labels(seed, d, n_out):
+    """Sec. 5.1: "completely random labels for the training data" (the C_mem-only networks)."""
+    return np.random.default_rng([seed, 2]).integers(0, n_out, d)
+
+
+def pad_stack(rows, fill):
+    """Stack 1-D arrays of different lengths into [R, max_len], padded with fill."""
+    out = np.full((len(rows), max(len(r) for r in rows)), fill, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def run_splits(runs, labels_all, n_out, random_labels):
+    """Per-run training and test indices and training labels, padded to [R, max] with -1 / 0."""
+    n_all = len(labels_all)
+    splits = [split_indices(n_all, d, s) for s, d in zip(runs["seed"], runs["n_train"])]
+    train_idx = pad_stack([tr for tr, _ in splits], -1)  # [R, D_max]
+    test_idx = pad_stack([te for _, te in splits], -1)  # [R, M_max]
+    train_labels = labels_all.numpy()[np.maximum(train_idx, 0)]
+    if random_labels:
+        for r, seed in enumerate(runs["seed"]):
+            train_labels[r] = random_train_labels(seed, train_idx.shape[1], n_out)
+    return train_idx, test_idx, np.where(train_idx >= 0, train_labels, 0)
+
+
+# -----------------------------------------------------------------------------
+# The model: a 1-layer decoder-only transformer without LayerNorm (App. A; Nanda et al.)
+# App. A: "we use decoder-only transformers with learned positional embeddings, a single
+# layer, 4 attention heads ... d_model = 128 ... d_mlp = 512 ... ReLU ... no LayerNorm ...
+# untied embed and unembed matrices".
+
+PARAM_SHAPES = {  # weight names as in TransformerLens; a leading run axis R is added to each
+    "W_E": ("d_vocab", "d_model"), "W_pos": ("n_ctx", "d_model"),
+    "W_Q": ("n_heads", "d_model", "d_head"), "W_K": ("n_heads", "d_model", "d_head"),
+    "W_V": ("n_heads", "d_model", "d_head"), "W_O": ("n_heads", "d_head", "d_model"),
+    "W_in": ("d_model", "d_mlp"), "b_in": ("d_mlp",), "W_out": ("d_mlp", "d_model"),
+    "b_out": ("d_model",), "W_U": ("d_model", "n_out"),
+}
+
+
+def init_params(dims, seed):
+    """One run's parameters: weights ~ N(0, 1/d_model), biases zero (Nanda et al.'s scheme)."""
+    # Nanda et al. draw every weight as randn / sqrt(d_model) (their W_U uses sqrt(d_vocab),
+    # nearly the same at p=113); the paper does not say, and we use 1/sqrt(d_model) throughout.
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, axes in PARAM_SHAPES.items():
+        shape = tuple(dims[a] for a in axes)
+        if name.startswith("b_"):
+            out[name] = torch.zeros(shape)
+        else:
+            out[name] = torch.randn(shape, generator=g) / math.sqrt(dims["d_model"])
+    return out
+
+
+def forward(params, tokens, return_hidden=False):
+    """The textbook transformer at every position: tokens [R, B, n_ctx] -> logits [R, B, n_ctx, n_out]."""
+    R, B, T = tokens.shape
+    d_head = params["W_Q"].shape[-1]
+    run = torch.arange(R, device=tokens.device).view(R, 1, 1)
+    # Token embedding plus learned positional embedding.
+    x = params["W_E"][run, tokens] + params["W_pos"][:, None]  # [R, B, T, d_model]
+    # Attention: per head, queries, keys and values are linear maps of the residual stream.
+    q = torch.einsum("rbtd,rhde->rbhte", x, params["W_Q"])  # [R, B, n_heads, T, d_head]
+    k = torch.einsum("rbtd,rhde->rbhte", x, params["W_K"])  # [R, B, n_heads, T, d_head]
+    v = torch.einsum("rbtd,rhde->rbhte", x, params["W_V"])  # [R, B, n_heads, T, d_head]
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d_head)  # [R, B, n_heads, T(query), T(key)]
+    causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()  # a query sees keys at or before it
+    pattern = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)  # [R, B, n_heads, T, T]
+    z = pattern @ v  # [R, B, n_heads, T, d_head]
+    x = x + torch.einsum("rbhte,rhed->rbtd", z, params["W_O"])  # [R, B, T, d_model]
+    # MLP: one hidden ReLU layer with biases, added to the residual stream.
+    hidden = torch.relu(torch.einsum("rbtd,rdm->rbtm", x, params["W_in"]) + params["b_in"][:, None, None])
+    x = x + torch.einsum("rbtm,rmd->rbtd", hidden, params["W_out"]) + params["b_out"][:, None, None]
+    logits = torch.einsum("rbtd,rdv->rbtv", x, params["W_U"])  # [R, B, T, n_out]
+    return (logits, hidden) if return_hidden else logits  # hidden: the MLP activations [R, B, T, d_mlp]
+
+
+# -----------------------------------------------------------------------------
+# Loss and metrics: cross-entropy at the last position, where the answer token is predicted
+
+
+def cross_entropy(logits, labels, weights):
+    """Per-run weighted cross-entropy of logits [R, B, n_out], log-softmax in float64: [R]."""
+    # In float32 the log-softmax of a confident prediction rounds to exactly 0 loss, which
+    # stalls and distorts late training; float64 keeps the gradient alive (Nanda et al.).
+    logp = logits.double().log_softmax(dim=-1)
+    nll = -logp.gather(-1, labels[..., None]).squeeze(-1)  # [R, B]
+    return (nll * weights).sum(-1)
+
+
+def param_norm(params):
+    """Total L2 norm of each run's parameters: [R]."""
+    return torch.sqrt(sum(p.detach().double().pow(2).flatten(1).sum(1) for p in params.values()))
+
+
+# -----------------------------------------------------------------------------
+# AdamW, written out (Loshchilov and Hutter, 2019), with a per-run lr and weight decay
+
+
+def adamw_step(params, grads, state, step, lr, wd, beta1, beta2, eps):
+    """One in-place AdamW update of every run; lr and wd are [R] tensors, step counts from 1."""
+    # Decoupled weight decay: the parameter shrinks by lr*wd before the Adam step, and the
+    # decay never enters the moment estimates (this is what torch.optim.AdamW does).
+    bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
+    for name, p in params.items():
+        g, m, v = grads[name], state["m"][name], state["v"][name]
+        shape = (-1,) + (1,) * (p.dim() - 1)  # broadcast [R] over the parameter's other axes
+        p.mul_(1 - (lr * wd).view(shape))
+        m.lerp_(g, 1 - beta1)  # m = beta1 m + (1 - beta1) g
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v = beta2 v + (1 - beta2) g^2
+        denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)  # eps outside the bias-corrected root, as torch
+        p.sub_(m.div(denom).mul_((lr / bc1).view(shape)))  # p -= lr/bc1 * m / denom
+
+
+# -----------------------------------------------------------------------------
+# Files: every write goes to a temporary file first and is renamed into place
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path), make it durable, then rename it to path: path is never half-written."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_json(obj, path):
+    """Write obj as indented JSON, atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:  # closing inside write() surfaces a failed flush (disk full) here
+            f.write(json.dumps(obj, indent=1) + "\n")
+    atomic_write(path, write)
+
+
+def save_torch(obj, path):
+    """torch.save obj, atomically."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_npz(arrays, path):
+    """np.savez arrays (a dict), atomically."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    atomic_write(path, write)
+
+
+# -----------------------------------------------------------------------------
+# Training loop: setup in small functions, then one flat loop over epochs
+
+
 def parse_list(text, kind, name):
     """Parse a comma list ("1,2", and for ints ranges like "0-9") into a list of kind."""
     out = []
@@ -176,233 +355,15 @@ def train_size(spec, n_all):
     return d
 
 
-def split_indices(n_all, d, seed):
-    """Training and test indices of one run: the first d of a seeded permutation, and the rest."""
-    # A run's subset depends on its own seed alone, so one seed gives nested subsets over D.
-    perm = np.random.default_rng([seed, 1]).permutation(n_all)
-    train, test = np.sort(perm[:d]), np.sort(perm[d:])
-    # A run trained on every pair has no test set; its "test" metrics are then over all pairs.
-    return train, (test if len(test) else np.arange(n_all))
-
-
-def pad_stack(rows, fill):
-    """Stack 1-D arrays of different lengths into [R, max_len], padded with fill."""
-    out = np.full((len(rows), max(len(r) for r in rows)), fill, dtype=np.int64)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return out
-
-
-# -----------------------------------------------------------------------------
-# Model: 1-layer decoder-only transformer, no LayerNorm (App. A; Nanda et al.)
-
-PARAM_SHAPES = {  # TransformerLens names; a leading run axis R is added to each
-    "W_E": ("d_vocab", "d_model"), "W_pos": ("n_ctx", "d_model"),
-    "W_Q": ("n_heads", "d_model", "d_head"), "W_K": ("n_heads", "d_model", "d_head"),
-    "W_V": ("n_heads", "d_model", "d_head"), "W_O": ("n_heads", "d_head", "d_model"),
-    "W_in": ("d_model", "d_mlp"), "b_in": ("d_mlp",), "W_out": ("d_mlp", "d_model"),
-    "b_out": ("d_model",), "W_U": ("d_model", "n_out"),
-}
-
-
-def init_params(dims, seed):
-    """One run's parameters: weights ~ N(0, 1/d_model), biases zero (Nanda et al.'s scheme)."""
-    # Nanda et al. draw every weight as randn / sqrt(d_model) (their W_U uses sqrt(d_vocab),
-    # nearly the same at p=113); we use 1/sqrt(d_model) throughout, as the issue asks.
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, axes in PARAM_SHAPES.items():
-        shape = tuple(dims[a] for a in axes)
-        if name.startswith("b_"):
-            out[name] = torch.zeros(shape)
-        else:
-            out[name] = torch.randn(shape, generator=g) / math.sqrt(dims["d_model"])
-    return out
-
-
-def attention_pattern(params, tokens):
-    """Per-(position, token) residual table [R, n_ctx*d_vocab, d_model], its row for each input
-    [R, B, n_ctx] (offset by run), and the last position's attention pattern [R, B, n_ctx, n_heads]."""
-    W_E, W_pos = params["W_E"], params["W_pos"]
-    R, B, n_ctx = tokens.shape
-    d_vocab, d_model = W_E.shape[1:]
-    n_heads, d_head = params["W_Q"].shape[1], params["W_Q"].shape[3]
-    # The residual stream at position j entering the layer is W_E[token_j] + W_pos[j], a function
-    # of that one token: tabulate it for every (position, token): [R, n_ctx*d_vocab, d_model]
-    resid = (W_E[:, None] + W_pos[:, :, None]).reshape(R, n_ctx * d_vocab, d_model)
-    q = torch.einsum("rvd,rhde->rvhe", resid[:, -d_vocab:], params["W_Q"])  # [R, d_vocab, n_heads, d_head]
-    k = torch.einsum("rvd,rhde->rvhe", resid, params["W_K"])  # [R, n_ctx*d_vocab, n_heads, d_head]
-    # Score of every possible last-position query against every (position, token) key:
-    scores = torch.einsum("rqhe,rkhe->rqkh", q, k) / math.sqrt(d_head)  # [R, d_vocab, n_ctx*d_vocab, n_heads]
-    run = torch.arange(R, device=tokens.device).view(R, 1, 1)
-    rows = tokens + torch.arange(n_ctx, device=tokens.device) * d_vocab  # [R, B, n_ctx]
-    q_rows = ((run * d_vocab + tokens[..., -1:]) * (n_ctx * d_vocab) + rows).reshape(-1)
-    attn = scores.reshape(-1, n_heads).index_select(0, q_rows).view(R, B, n_ctx, n_heads)
-    # The causal mask lets the last position see every position, so no mask is needed here.
-    return resid, rows + run * (n_ctx * d_vocab), attn.softmax(dim=2)
-
-
-def forward_last(params, tokens):
-    """Logits at the final position for every input of every run: tokens [R, B, n_ctx] -> [R, B, n_out].
-
-    Only the final position's logits are ever read. With one layer, keys and values at every
-    position come from small per-(position, token) tables, and the query, attention output,
-    MLP and unembedding are needed only at the last position: no later layer could read the
-    other positions. This is exact, not an approximation (tests/test_grok.py checks it
-    against an all-positions forward).
-    """
-    R, B, n_ctx = tokens.shape
-    n_heads, d_head = params["W_Q"].shape[1], params["W_Q"].shape[3]
-    resid_tab, rows, attn = attention_pattern(params, tokens)
-    d_model = resid_tab.shape[-1]
-    v_tab = torch.einsum("rvd,rhde->rvhe", resid_tab, params["W_V"]).reshape(-1, n_heads * d_head)
-    z = None  # attention's mixed values at the last position: [R, B, n_heads, d_head]
-    for j in range(n_ctx):  # one gather per position keeps the largest intermediate at [R, B, n_heads*d_head]
-        v_j = v_tab.index_select(0, rows[..., j].reshape(-1)).view(R, B, n_heads, d_head)
-        term = attn[:, :, j, :, None] * v_j
-        z = term if z is None else z + term
-    # Residual at the last position, plus the attention output through W_O (one batched matmul).
-    resid = resid_tab.reshape(-1, d_model).index_select(0, rows[..., -1].reshape(-1)).view(R, B, d_model)
-    resid = torch.baddbmm(resid, z.reshape(R, B, -1), params["W_O"].reshape(R, -1, d_model))
-    # ReLU MLP with biases; the in-place ops reuse the fresh [R, B, d_mlp] buffer.
-    hidden = torch.bmm(resid, params["W_in"]).add_(params["b_in"][:, None]).relu_()  # [R, B, d_mlp]
-    resid = torch.baddbmm(resid + params["b_out"][:, None], hidden, params["W_out"])  # [R, B, d_model]
-    return resid @ params["W_U"]  # [R, B, n_out]
-
-
-def forward_last_folded(params, tokens, return_hidden=False):
-    """forward_last regrouped for inference (no gradients): the same logits, less work; optionally
-    also the MLP activations [R, B, d_mlp] (analysis.py reads the neurons).
-
-    With one layer and no LayerNorm, the residual stream at the last position after attention
-    is a weighted sum of table rows: attn[j, h] times the value of token_j seen through head
-    h's W_V and W_O, over positions j and heads h, plus the last token's own embedding.
-    embedding_bag forms each input's weighted sum in one pass, without the per-position
-    gathers. The direct path to the logits (W_U applied to that sum) is folded into the
-    rows too, and W_out into W_U, so the only wide matmuls left are W_in and W_out @ W_U.
-    Training uses forward_last instead: embedding_bag's backward pass sums in an order that
-    depends on the number of runs, so batched runs would drift from the same runs alone.
-    """
-    R, B, n_ctx = tokens.shape
-    n_heads = params["W_Q"].shape[1]
-    resid_tab, rows, attn = attention_pattern(params, tokens)
-    n_pos_tok = resid_tab.shape[1]
-    # Each (position, token)'s value through each head's W_V and W_O: [R, n_ctx*d_vocab*n_heads, d_model]
-    vo = torch.einsum("rvd,rhde,rhef->rvhf", resid_tab, params["W_V"], params["W_O"]).flatten(1, 2)
-    d_vocab = n_pos_tok // n_ctx
-    table = torch.cat([vo, resid_tab[:, -d_vocab:]], dim=1)  # plus the last token's own residual
-    n_rows = table.shape[1]
-    # Bags: the n_ctx*n_heads attention-weighted rows and the last token's row (weight 1).
-    local = rows % n_pos_tok  # (position, token) rows without the run offset: [R, B, n_ctx]
-    heads = torch.arange(n_heads, device=tokens.device)
-    bag = (local[..., None] * n_heads + heads).flatten(2)  # [R, B, n_ctx*n_heads]
-    last = n_ctx * d_vocab * n_heads + tokens[..., -1:]  # [R, B, 1]
-    run = torch.arange(R, device=tokens.device).view(R, 1, 1) * n_rows
-    bag = (torch.cat([bag, last], dim=-1) + run).reshape(R * B, -1)
-    weights = torch.cat([attn.flatten(2), attn.new_ones(R, B, 1)], dim=-1).reshape(R * B, -1)
-    mix = lambda t: F.embedding_bag(bag, t.reshape(R * n_rows, -1), per_sample_weights=weights,
-                                    mode="sum").view(R, B, -1)
-    resid = mix(table)  # residual stream at the last position after attention: [R, B, d_model]
-    hidden = torch.bmm(resid, params["W_in"]).add_(params["b_in"][:, None]).relu_()  # [R, B, d_mlp]
-    direct = mix(table @ params["W_U"]).add_(params["b_out"][:, None] @ params["W_U"])  # [R, B, n_out]
-    logits = torch.baddbmm(direct, hidden, params["W_out"] @ params["W_U"])  # [R, B, n_out]
-    return (logits, hidden) if return_hidden else logits
-
-
-# -----------------------------------------------------------------------------
-# Loss and metrics
-
-
-def cross_entropy(logits, labels, weights):
-    """Per-run weighted cross-entropy of the logits, with log-softmax in float64: [R]."""
-    # In float32 the log-softmax of a confident prediction rounds to exactly 0 loss, which
-    # stalls and distorts late training; float64 keeps the gradient alive (Nanda et al.).
-    logp = logits.double().log_softmax(dim=-1)
-    nll = -logp.gather(-1, labels[..., None]).squeeze(-1)  # [R, B]
-    return (nll * weights).sum(-1)
-
-
-def param_norm(params):
-    """Total L2 norm of each run's parameters: [R]."""
-    return torch.sqrt(sum(p.detach().double().pow(2).flatten(1).sum(1) for p in params.values()))
-
-
-def evaluate(params, tokens, labels, idx, mask, chunk):
-    """Mean loss and accuracy of each run over its examples idx [R, M] (mask marks real ones)."""
-    R = idx.shape[0]
-    loss = torch.zeros(R, dtype=torch.float64, device=idx.device)
-    correct = torch.zeros(R, dtype=torch.float64, device=idx.device)
-    with torch.no_grad():
-        for s in range(0, idx.shape[1], chunk):
-            i, m = idx[:, s:s + chunk], mask[:, s:s + chunk]
-            logits = forward_last_folded(params, tokens[i])  # [R, chunk, n_out]
-            loss += cross_entropy(logits, labels[i], m.double())
-            correct += ((logits.argmax(-1) == labels[i]) & m).sum(-1)
-    n = mask.sum(-1).double()
-    return loss / n, correct / n
-
-
-# -----------------------------------------------------------------------------
-# AdamW, written out (Loshchilov and Hutter, 2019), with a per-run lr and weight decay
-
-
-def adamw_step(params, grads, state, step, lr, wd, beta1, beta2, eps):
-    """One in-place AdamW update; lr and wd are [R] tensors, step counts from 1."""
-    # Decoupled weight decay: the parameter shrinks by lr*wd before the Adam step, and the
-    # decay never enters the moment estimates (this is what torch.optim.AdamW does).
-    bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
-    for name, p in params.items():
-        g, m, v = grads[name], state["m"][name], state["v"][name]
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        p.mul_(1 - (lr * wd).view(shape))
-        m.lerp_(g, 1 - beta1)  # m = beta1 m + (1 - beta1) g
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v = beta2 v + (1 - beta2) g^2
-        denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
-        p.sub_(m.div(denom).mul_((lr / bc1).view(shape)))  # p -= lr/bc1 * m / denom
-
-
-# -----------------------------------------------------------------------------
-# Files: every write goes to a temporary file first and is renamed into place
-
-
-def atomic_write(path, write):
-    """Call write(tmp_path), then rename tmp_path to path, so path is never half-written."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def save_json(obj, path):
-    """Write obj as indented JSON, atomically."""
-    atomic_write(path, lambda t: open(t, "w").write(json.dumps(obj, indent=1) + "\n"))
-
-
-def save_torch(obj, path):
-    """torch.save obj, atomically."""
-    atomic_write(path, lambda t: torch.save(obj, t))
-
-
-def save_npz(arrays, path):
-    """np.savez arrays (a dict), atomically."""
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    atomic_write(path, write)
-
-
-# -----------------------------------------------------------------------------
-# Setting up the runs
-
-
-def resolve_device(name):
-    """The torch device for --device (auto: CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
+def make_runs(cfg, n_all):
+    """The runs of a config: the product of seeds x training sizes x weight decays x lrs."""
+    seeds = parse_list(cfg.seeds, int, "seeds")
+    sizes = [train_size(s.strip(), n_all) for s in cfg.train.split(",")]
+    wds, lrs = parse_list(cfg.wd, float, "wd"), parse_list(cfg.lr, float, "lr")
+    if any(w < 0 for w in wds) or any(l <= 0 for l in lrs):
+        raise ValueError("weight decays must be >= 0 and learning rates > 0")
+    runs = list(itertools.product(seeds, sizes, wds, lrs))
+    return {k: [r[i] for r in runs] for i, k in enumerate(("seed", "n_train", "wd", "lr"))}
 
 
 def check_config(cfg):
@@ -419,44 +380,58 @@ def check_config(cfg):
         raise ValueError(f"--stop-acc must be in [0, 1], got {cfg.stop_acc}")
     if not cfg.pad_ratio >= 1.0:
         raise ValueError(f"--pad-ratio must be >= 1 (1 = only equal D share a batch), got {cfg.pad_ratio}")
+    if cfg.bench_impl not in ("fast", "reference", "serial"):
+        raise ValueError(f"--bench-impl {cfg.bench_impl!r} is unknown; allowed: fast, reference, serial")
 
 
-def make_runs(cfg, n_all):
-    """The runs of a config: the product of seeds x training sizes x weight decays x lrs."""
-    seeds = parse_list(cfg.seeds, int, "seeds")
-    sizes = [train_size(s.strip(), n_all) for s in cfg.train.split(",")]
-    wds, lrs = parse_list(cfg.wd, float, "wd"), parse_list(cfg.lr, float, "lr")
-    if any(w < 0 for w in wds) or any(l <= 0 for l in lrs):
-        raise ValueError("weight decays must be >= 0 and learning rates > 0")
-    runs = list(itertools.product(seeds, sizes, wds, lrs))
-    return {k: [r[i] for r in runs] for i, k in enumerate(("seed", "n_train", "wd", "lr"))}
+def resolve_device(name):
+    """The torch device for --device (auto: CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
 
 
-def build_data(cfg, runs, labels_all, n_out):
-    """Per-run training and test indices, labels and loss weights, padded to [R, max]."""
-    n_all = len(labels_all)
-    splits = [split_indices(n_all, d, s) for s, d in zip(runs["seed"], runs["n_train"])]
-    train_idx = pad_stack([tr for tr, _ in splits], -1)
-    test_idx = pad_stack([te for _, te in splits], -1)
-    train_labels = labels_all.numpy()[np.maximum(train_idx, 0)]
-    if cfg.random_labels:  # Sec. 5.1: "completely random labels for the training data"
-        for r, seed in enumerate(runs["seed"]):
-            train_labels[r] = np.random.default_rng([seed, 2]).integers(0, n_out, train_idx.shape[1])
-    return train_idx, test_idx, np.where(train_idx >= 0, train_labels, 0)
+def describe(cfg):
+    """Dataset, runs and model sizes of a config: what every command needs before it starts."""
+    tokens, labels, d_vocab, n_out = make_dataset(cfg.task, cfg.p, cfg.fmt)
+    runs = make_runs(cfg, len(labels))
+    dims = dict(d_vocab=d_vocab, n_ctx=tokens.shape[1], n_out=n_out, d_model=cfg.d_model,
+                n_heads=cfg.n_heads, d_head=cfg.d_head, d_mlp=cfg.d_mlp)
+    return tokens, labels, runs, dims
 
 
-def pad_groups(n_train, ratio):
-    """Runs grouped by training-set size: lists of run indices whose D lie within `ratio` of each other."""
-    # Runs of different D are padded to a common length to step them as one batch; padding costs
-    # as much as real examples, and a geometric grid of D (150 ... 1400) would waste over half the
-    # compute. Runs are therefore stepped in groups of similar D, each padded to its own largest D.
-    order = sorted(range(len(n_train)), key=lambda r: n_train[r])
-    groups = [[order[0]]]
-    for r in order[1:]:
-        if n_train[r] > ratio * n_train[groups[-1][0]]:
-            groups.append([])
-        groups[-1].append(r)
-    return groups
+def file_sha256(path):
+    """Hex SHA-256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def run_settings(meta):
+    """What must match for a run directory to be resumed: settings by value, the source by content."""
+    config = {k: v for k, v in meta["config"].items() if k not in RESUME_FREE}
+    return dict(config, runs=meta["runs"], init_sha256=meta.get("init_sha256", ""))
+
+
+def open_run_dir(out, meta):
+    """Make the run directory, or check that it holds this config; True if it is already finished."""
+    path = os.path.join(out, "config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = run_settings(json.load(f))
+        new = run_settings(meta)
+        differ = sorted(k for k in new if old.get(k) != new[k])
+        if differ:
+            raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)} differ); "
+                             f"use another --out or the same settings")
+        if os.path.exists(os.path.join(out, "params.pt")):
+            return True
+    os.makedirs(out, exist_ok=True)
+    save_json(meta, path)
+    return False
 
 
 def load_init(run_dir, seeds, shapes):
@@ -492,195 +467,331 @@ def load_init(run_dir, seeds, shapes):
     return out
 
 
-def record_epochs(cfg):
+def initial_params(runs, dims, init_from):
+    """Every run's starting parameters, stacked on the run axis: fresh (by seed) or from --init-from."""
+    if init_from:
+        shapes = {n: tuple(dims[a] for a in axes) for n, axes in PARAM_SHAPES.items()}
+        return load_init(init_from, runs["seed"], shapes)
+    per_run = [init_params(dims, s) for s in runs["seed"]]
+    return {n: torch.stack([p[n] for p in per_run]) for n in PARAM_SHAPES}
+
+
+def new_history():
+    """Empty metric lists: epoch and wall_s per record, and [R] tensors of each metric."""
+    return {k: [] for k in ("epoch", "wall_s", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm")}
+
+
+def history_arrays(hist):
+    """The recorded metrics as arrays: epoch and wall_s [T], and each metric [R, T]."""
+    out = {"epoch": np.array(hist["epoch"], dtype=np.int64), "wall_s": np.array(hist["wall_s"])}
+    for k, v in hist.items():
+        if k not in out:
+            out[k] = torch.stack(v, dim=1).numpy() if v else np.zeros((0, 0))
+    return out
+
+
+def record_epochs(epochs, log_every, log_points):
     """Epochs at which metrics are recorded: every log_every, log-spaced points, the first and last."""
-    E = cfg.epochs
-    logs = np.round(np.logspace(0, np.log10(E), cfg.log_points)).astype(int)
-    return set(range(0, E + 1, cfg.log_every)) | set(logs.tolist()) | {0, E}
+    logs = np.round(np.logspace(0, np.log10(epochs), log_points)).astype(int)
+    return set(range(0, epochs + 1, log_every)) | set(logs.tolist()) | {0, epochs}
 
 
-def snapshot_epochs(cfg):
+def snapshot_epochs(epochs, snapshots):
     """Epochs at which the parameters are saved for analysis.py (log-spaced, plus 0 and the end)."""
-    if cfg.snapshots == 0:
+    if snapshots == 0:
         return set()
-    logs = np.round(np.logspace(0, np.log10(cfg.epochs), cfg.snapshots)).astype(int)
-    return set(logs.tolist()) | {0, cfg.epochs}
+    logs = np.round(np.logspace(0, np.log10(epochs), snapshots)).astype(int)
+    return set(logs.tolist()) | {0, epochs}
 
 
-# -----------------------------------------------------------------------------
-# Training loop
+def save_checkpoint(out, params, state, hist, epoch, wall_s):
+    """Everything needed to resume bit-identically, and the history so far (for plots mid-run)."""
+    save_torch(dict(params={n: t.detach() for n, t in params.items()}, state=state, hist=hist,
+                    epoch=epoch, wall_s=wall_s), os.path.join(out, "checkpoint.pt"))
+    save_npz(history_arrays(hist), os.path.join(out, "history.npz"))
+
+
+def save_snapshot(out, params, epoch):
+    """The parameters at one epoch, for analysis.py's curves over training."""
+    os.makedirs(os.path.join(out, "snapshots"), exist_ok=True)
+    save_torch({n: t.detach().cpu() for n, t in params.items()},
+               os.path.join(out, "snapshots", f"epoch_{epoch:08d}.pt"))
+
+
+def record(hist, epoch, wall_s, metrics):
+    """Append one row of metrics ({name: [R] tensor}) to the history."""
+    hist["epoch"].append(epoch)
+    hist["wall_s"].append(wall_s)  # training time so far, evaluations included
+    for k, v in metrics.items():
+        hist[k].append(v.detach().double().cpu())
+
+
+def progress_line(hist, epoch, epochs, rate):
+    """One fixed-format progress line from the last record."""
+    eta = (epochs - epoch) / rate if rate > 0 else float("nan")
+    acc = hist["test_acc"][-1].numpy()
+    return (f"epoch {epoch:8d}/{epochs} | {hist['wall_s'][-1]:7.1f} s | {rate:6.1f} ep/s | eta {eta / 60:6.1f} min | "
+            f"train_loss {hist['train_loss'][-1].median():.3e} | test_acc median {np.median(acc):.4f} "
+            f"[{acc.min():.4f}, {acc.max():.4f}]")
+
+
+def check_finite(first_bad, runs, out):
+    """Stop with a clear error if any run's loss went non-finite; the last checkpoint is kept."""
+    bad = (first_bad >= 0).nonzero().flatten().tolist()
+    if bad:
+        r = bad[0]
+        raise FloatingPointError(
+            f"non-finite loss at epoch {int(first_bad[r])} in run {r} (seed={runs['seed'][r]}, "
+            f"D={runs['n_train'][r]}, wd={runs['wd'][r]}, lr={runs['lr'][r]}); "
+            f"stopped, last good checkpoint kept in {out}")
 
 
 def train(cfg):
-    """Train (or resume, or benchmark) the runs of cfg; returns the run directory."""
+    """Train the runs of cfg, or resume them from their checkpoint; returns the run directory."""
     check_config(cfg)
+    if cfg.bench:
+        return bench(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    tokens_all, labels_all, d_vocab, n_out = make_dataset(cfg.task, cfg.p, cfg.fmt)
-    runs = make_runs(cfg, len(labels_all))
-    R = len(runs["seed"])
-    dims = dict(d_vocab=d_vocab, n_ctx=tokens_all.shape[1], n_out=n_out, d_model=cfg.d_model,
-                n_heads=cfg.n_heads, d_head=cfg.d_head, d_mlp=cfg.d_mlp)
-    shapes = {n: tuple(dims[a] for a in axes) for n, axes in PARAM_SHAPES.items()}
-    saved = dict(config=dataclasses.asdict(cfg), runs=runs, dims=dims, n_pairs=len(labels_all),
-                 torch=torch.__version__, device=str(device))
+    tokens, labels, runs, dims = describe(cfg)
+    R, out = len(runs["seed"]), cfg.out
+    meta = dict(config=dataclasses.asdict(cfg), runs=runs, dims=dims, n_pairs=len(labels),
+                torch=torch.__version__, device=str(device))
+    if cfg.init_from:  # the source is identified by its content, so a moved source still matches
+        src = os.path.join(cfg.init_from, "params.pt")
+        if not os.path.exists(src):
+            raise ValueError(f"--init-from {cfg.init_from}: no params.pt there (is the run finished?)")
+        meta["init_sha256"] = file_sha256(src)
     print(f"grok.py: {R} run(s) of {cfg.task} ({TASKS[cfg.task]}), p={cfg.p}, {cfg.fmt} format, "
-          f"{len(labels_all)} pairs, on {device} ({torch.get_num_threads()} CPU threads)", flush=True)
+          f"{len(labels)} pairs, on {device} ({torch.get_num_threads()} CPU threads)", flush=True)
+    if open_run_dir(out, meta):
+        print(f"{out} is already finished (params.pt exists); nothing to do", flush=True)
+        return out
 
-    out = cfg.out
-    ckpt_path, params_path = os.path.join(out, "checkpoint.pt"), os.path.join(out, "params.pt")
-    if not cfg.bench:
-        if os.path.exists(os.path.join(out, "config.json")):
-            with open(os.path.join(out, "config.json")) as f:
-                old = json.load(f)
-            differ = sorted(k for k in saved["config"] if k not in RESUME_FREE
-                            and old["config"].get(k) != saved["config"][k])
-            if differ:
-                raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)} differ); "
-                                 f"use another --out or the same settings")
-            if os.path.exists(params_path):
-                print(f"{out} is already finished (params.pt exists); nothing to do", flush=True)
-                return out
-        os.makedirs(out, exist_ok=True)
-        save_json(saved, os.path.join(out, "config.json"))
+    # Data: each run's training subset (and labels) and test set, on the device.
+    train_idx, test_idx, train_labels = run_splits(runs, labels, dims["n_out"], cfg.random_labels)
+    save_npz(dict(train_idx=train_idx, n_train=np.array(runs["n_train"]), train_labels=train_labels,
+                  test_idx=test_idx), os.path.join(out, "train_idx.npz"))
+    batches = make_batches(runs["n_train"], tokens, train_idx, train_labels, cfg.pad_ratio, device)
+    test = eval_set(tokens, labels, test_idx, device)
+    lr = torch.tensor(runs["lr"], dtype=torch.float32, device=device)
+    wd = torch.tensor(runs["wd"], dtype=torch.float32, device=device)
 
-    train_idx, test_idx, train_labels = build_data(cfg, runs, labels_all, n_out)
-    if not cfg.bench:
-        save_npz(dict(train_idx=train_idx, n_train=np.array(runs["n_train"]), train_labels=train_labels,
-                      test_idx=test_idx), os.path.join(out, "train_idx.npz"))
-    to = lambda a: torch.as_tensor(a, device=device)
-    tokens_all, labels_all = tokens_all.to(device), labels_all.to(device)
-    tr_mask, te_mask = to(train_idx >= 0), to(test_idx >= 0)
-    tr_tokens = tokens_all[to(np.maximum(train_idx, 0))]  # [R, D_max, n_ctx]
-    tr_labels = to(train_labels)
-    tr_weight = tr_mask.double() / tr_mask.sum(-1, keepdim=True)  # mean over each run's own D
-    te_idx = to(np.maximum(test_idx, 0))
-    lr = to(np.array(runs["lr"], dtype=np.float32))
-    wd = to(np.array(runs["wd"], dtype=np.float32))
-    # Evaluate in equal chunks of at most 2^24 floats of activations (2^27 on a GPU), so memory
-    # stays bounded for many runs and no chunk is a small remainder that recomputes the tables.
-    n_test = test_idx.shape[1]
-    n_chunks = -(-n_test * R * cfg.d_mlp // 2 ** (27 if device.type == "cuda" else 24))
-    chunk = -(-n_test // n_chunks)
-
-    if cfg.init_from:
-        params = load_init(cfg.init_from, runs["seed"], shapes)
-    else:
-        per_run = [init_params(dims, s) for s in runs["seed"]]
-        params = {n: torch.stack([p[n] for p in per_run]) for n in PARAM_SHAPES}
-    params = {n: t.to(device).requires_grad_() for n, t in params.items()}
-    state = {"m": {n: torch.zeros_like(t) for n, t in params.items()},
-             "v": {n: torch.zeros_like(t) for n, t in params.items()}}
-    hist = {k: [] for k in ("epoch", "wall_s", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm")}
-    start, wall0 = 0, 0.0  # wall0: seconds of training before this process (for a resumed run)
-    if not cfg.bench and os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, map_location=device)
-        with torch.no_grad():
-            for n in params:
-                params[n].copy_(ck["params"][n])
-        state, hist, start, wall0 = ck["state"], ck["hist"], ck["epoch"], ck["wall_s"]
+    # Parameters and AdamW state: fresh, or from the last checkpoint of this directory.
+    params = initial_params(runs, dims, cfg.init_from)
+    state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}
+    hist, start, wall0 = new_history(), 0, 0.0  # wall0: seconds of training before this process
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, map_location="cpu")
+        params, state, hist, start, wall0 = ck["params"], ck["state"], ck["hist"], ck["epoch"], ck["wall_s"]
         print(f"resuming {out} from epoch {start}", flush=True)
+    params = {n: t.to(device).requires_grad_() for n, t in params.items()}
+    state = {k: {n: t.to(device) for n, t in s.items()} for k, s in state.items()}
 
-    # Groups of runs with similar D, each padded only to its own largest D (see pad_groups). A
-    # group of consecutive runs takes views of the parameters; any other group indexes them.
-    groups, batches = pad_groups(runs["n_train"], cfg.pad_ratio), []
-    for g in groups:
-        sel = slice(g[0], g[-1] + 1) if g == list(range(g[0], g[-1] + 1)) else to(np.array(g))
-        n = max(runs["n_train"][r] for r in g)
-        batches.append((sel, tr_tokens[sel, :n], tr_labels[sel, :n], tr_weight[sel, :n]))
-    unsort = to(np.argsort(np.concatenate(groups)))  # position of each run in the groups' concatenation
-
-    def train_forward():
-        """Training logits per group (a list of [R_g, D_g, n_out]) and each run's training loss [R]."""
-        logits, losses = [], []
-        for sel, tokens, labels, weight in batches:
-            every = isinstance(sel, slice) and sel == slice(0, R)  # one group of all runs: no views needed
-            logits.append(forward_last(params if every else {n: t[sel] for n, t in params.items()}, tokens))
-            losses.append(cross_entropy(logits[-1], labels, weight))
-        return logits, torch.cat(losses).index_select(0, unsort)
-
-    def train_accuracy(logits):
-        """Each run's training accuracy [R] from train_forward's logits."""
-        acc = [((lg.argmax(-1) == labels) & (weight > 0)).sum(-1) / (weight > 0).sum(-1)
-               for lg, (_, _, labels, weight) in zip(logits, batches)]
-        return torch.cat(acc).index_select(0, unsort)
-
-    def step(epoch, loss):
+    records = record_epochs(cfg.epochs, cfg.log_every, cfg.log_points)
+    snaps = snapshot_epochs(cfg.epochs, cfg.snapshots)
+    first_bad = torch.full((R,), -1, dtype=torch.long, device=device)  # epoch of each run's first non-finite loss
+    t0 = time.perf_counter()
+    wall = lambda: wall0 + time.perf_counter() - t0
+    for epoch in range(start, cfg.epochs + 1):
+        if epoch % cfg.ckpt_every == 0 and start < epoch < cfg.epochs:  # the end is saved after the loop
+            check_finite(first_bad, runs, out)  # never replace a good checkpoint with a broken one
+            save_checkpoint(out, params, state, hist, epoch, wall())
+        if epoch in snaps:
+            save_snapshot(out, params, epoch)
+        loss, logits = train_forward(params, batches)  # loss [R]: each run's mean over its own D
+        if epoch in records:
+            test_loss, test_acc = evaluate(params, test)
+            record(hist, epoch, wall(), dict(train_loss=loss, train_acc=train_accuracy(logits, batches),
+                                             test_loss=test_loss, test_acc=test_acc, param_norm=param_norm(params)))
+            stop = cfg.stop_acc > 0 and bool((test_acc >= cfg.stop_acc).all())
+            if epoch % cfg.print_every == 0 or epoch == cfg.epochs or stop:
+                print(progress_line(hist, epoch, cfg.epochs, (epoch - start) / max(wall() - wall0, 1e-9)), flush=True)
+            if stop:
+                print(f"every run reached test accuracy {cfg.stop_acc}; stopping at epoch {epoch}", flush=True)
+                break
+        if epoch == cfg.epochs:
+            break
+        with torch.no_grad():
+            first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), epoch, first_bad)
         grads = dict(zip(params, torch.autograd.grad(loss.sum(), list(params.values()))))
         with torch.no_grad():
             adamw_step(params, grads, state, epoch + 1, lr, wd, cfg.beta1, cfg.beta2, cfg.eps)
 
-    if cfg.bench:  # exactly one AdamW step plus a forward over every test pair per epoch
-        for e in range(cfg.bench_epochs + 3):
-            if e == 3:
-                sync(device)
-                t0 = time.perf_counter()
-            _, loss = train_forward()
-            step(e, loss)
-            evaluate(params, tokens_all, labels_all, te_idx, te_mask, chunk)
-        sync(device)
-        ms = 1000 * (time.perf_counter() - t0) / cfg.bench_epochs
-        print(f"ms_per_epoch={ms:.2f} epochs_per_s={1000 / ms:.2f} runs={R}", flush=True)
-        return None
-
-    records, snaps = record_epochs(cfg), snapshot_epochs(cfg)
-    if snaps:
-        os.makedirs(os.path.join(out, "snapshots"), exist_ok=True)
-    first_bad = torch.full((R,), -1, dtype=torch.long, device=device)  # epoch of a non-finite loss
-    t0, e0 = time.perf_counter(), start
-
-    def save_checkpoint(epoch):
-        # A non-finite loss since the last checkpoint stops here, before the good one is replaced.
-        check_finite(first_bad, runs, out)
-        save_torch(dict(params={n: t.detach() for n, t in params.items()}, state=state, hist=hist,
-                        epoch=epoch, wall_s=wall0 + time.perf_counter() - t0), ckpt_path)
-        save_npz(history_arrays(hist), os.path.join(out, "history.npz"))
-
-    epoch = start
-    while True:
-        if epoch % cfg.ckpt_every == 0 and start < epoch < cfg.epochs:  # the end is saved after the loop
-            save_checkpoint(epoch)
-        if epoch in snaps:
-            save_torch({n: t.detach().cpu() for n, t in params.items()},
-                       os.path.join(out, "snapshots", f"epoch_{epoch:08d}.pt"))
-        done = epoch == cfg.epochs
-        if epoch < cfg.epochs or epoch in records:
-            logits, loss = train_forward()
-        if epoch in records:
-            with torch.no_grad():
-                tr_acc = train_accuracy(logits)
-            te_loss, te_acc = evaluate(params, tokens_all, labels_all, te_idx, te_mask, chunk)
-            row = dict(train_loss=loss.detach(), train_acc=tr_acc, test_loss=te_loss,
-                       test_acc=te_acc, param_norm=param_norm(params))
-            hist["epoch"].append(epoch)
-            hist["wall_s"].append(wall0 + time.perf_counter() - t0)  # training time so far, evals included
-            for k, v in row.items():
-                hist[k].append(v.detach().double().cpu())
-            stop = cfg.stop_acc > 0 and bool((te_acc >= cfg.stop_acc).all())
-            if epoch % cfg.print_every == 0 or done or stop:
-                rate = (epoch - e0) / max(time.perf_counter() - t0, 1e-9)
-                eta = (cfg.epochs - epoch) / rate if rate > 0 else float("nan")
-                acc = hist["test_acc"][-1].numpy()
-                print(f"epoch {epoch:8d}/{cfg.epochs} | {hist['wall_s'][-1]:7.1f} s | {rate:6.1f} ep/s | "
-                      f"eta {eta / 60:6.1f} min | "
-                      f"train_loss {hist['train_loss'][-1].median():.3e} | test_acc median "
-                      f"{np.median(acc):.4f} [{acc.min():.4f}, {acc.max():.4f}]", flush=True)
-            if stop and not done:
-                print(f"every run reached test accuracy {cfg.stop_acc}; stopping at epoch {epoch}", flush=True)
-                done = True
-        if done:
-            break
-        with torch.no_grad():
-            bad = ~torch.isfinite(loss)
-            first_bad = torch.where(bad & (first_bad < 0), epoch, first_bad)
-        step(epoch, loss)
-        epoch += 1
-
-    save_checkpoint(epoch)
-    save_torch({n: t.detach().cpu() for n, t in params.items()}, params_path)  # written last: "finished"
+    check_finite(first_bad, runs, out)
+    save_checkpoint(out, params, state, hist, epoch, wall())
+    save_torch({n: t.detach().cpu() for n, t in params.items()}, os.path.join(out, "params.pt"))  # last: "finished"
     print(f"done: {out} (epoch {epoch}, {time.perf_counter() - t0:.1f} s)", flush=True)
     return out
+
+
+# -----------------------------------------------------------------------------
+# Speed: the same model and training, computed with less work
+#
+# Everything above is the definition; everything here is measured against it
+# (tests/test_grok.py). Where an epoch goes, on the 2-core CPU this project is developed on
+# (torch.profiler, p=113, D=3830): about 75% in the MLP's and unembedding's matmuls, the rest in
+# elementwise passes over the [B, d_mlp] activations, which on such a machine cost about as much
+# per byte as the matmuls. The README gives the measured figures and the floor.
+
+
+def forward_last(params, tokens, return_hidden=False):
+    """forward(params, tokens)[:, :, -1] with less work: [R, B, n_out] (and the MLP activations [R, B, d_mlp])."""
+    # Why this is exact:
+    # 1. The loss reads only the last position's logits, and with one layer nothing else reads
+    #    any position's MLP output or logits. So the MLP and W_U are needed at the last position only.
+    # 2. The residual stream entering the layer at position j is W_E[token_j] + W_pos[j]: a function
+    #    of (j, token_j) alone. So every query, key and value is a row of a small table over
+    #    (position, token), computed once per step for all inputs (a few hundred rows, not B*n_ctx).
+    # 3. The causal mask lets the last position see every position: it masks nothing there.
+    # The sums are the same; only the order of floating-point additions differs.
+    W_E, W_pos = params["W_E"], params["W_pos"]
+    R, B, T = tokens.shape
+    d_vocab, d_model = W_E.shape[1:]
+    n_heads, d_head = params["W_Q"].shape[1], params["W_Q"].shape[3]
+    resid_tab = W_E[:, None] + W_pos[:, :, None]  # [R, T, d_vocab, d_model]: row (j, t) = W_E[t] + W_pos[j]
+    q_tab = torch.einsum("rvd,rhde->rvhe", resid_tab[:, -1], params["W_Q"])  # [R, d_vocab, n_heads, d_head]
+    k_tab = torch.einsum("rtvd,rhde->rtvhe", resid_tab, params["W_K"])  # [R, T, d_vocab, n_heads, d_head]
+    score_tab = torch.einsum("rqhe,rtkhe->rqtkh", q_tab, k_tab) / math.sqrt(d_head)  # [R, d_vocab, T, d_vocab, n_heads]
+    v_tab = torch.einsum("rtvd,rhde->rtvhe", resid_tab, params["W_V"])  # [R, T, d_vocab, n_heads, d_head]
+    # Look up each input's rows. Tables are flattened so that one index_select does the lookup:
+    # its backward is a fast index_add (advanced indexing's backward is a slower scatter).
+    run = torch.arange(R, device=tokens.device).view(R, 1, 1)
+    pos = torch.arange(T, device=tokens.device)
+    kv_row = (run * T + pos) * d_vocab + tokens  # [R, B, T]: row of (run, position j, token_j)
+    s_row = (run * d_vocab + tokens[..., -1:]) * (T * d_vocab) + pos * d_vocab + tokens  # [R, B, T]: + the query token
+    scores = score_tab.reshape(-1, n_heads).index_select(0, s_row.flatten()).view(R, B, T, n_heads)
+    pattern = scores.softmax(dim=2)  # [R, B, T, n_heads]: the last query's attention over the T keys
+    v_flat = v_tab.reshape(-1, n_heads, d_head)
+    z = 0  # [R, B, n_heads, d_head]: one gather per position keeps the largest intermediate at [R, B, d_model]
+    for j in range(T):
+        z = z + pattern[:, :, j, :, None] * v_flat.index_select(0, kv_row[..., j].flatten()).view(R, B, n_heads, d_head)
+    resid = resid_tab.reshape(-1, d_model).index_select(0, kv_row[..., -1].flatten()).view(R, B, d_model)
+    resid = torch.baddbmm(resid, z.reshape(R, B, n_heads * d_head), params["W_O"].reshape(R, n_heads * d_head, d_model))
+    # MLP and unembedding at the last position; in-place bias and ReLU reuse the fresh [R, B, d_mlp] buffer.
+    hidden = torch.bmm(resid, params["W_in"]).add_(params["b_in"][:, None]).relu_()  # [R, B, d_mlp]
+    resid = torch.baddbmm(resid + params["b_out"][:, None], hidden, params["W_out"])  # [R, B, d_model]
+    logits = torch.bmm(resid, params["W_U"])  # [R, B, n_out]
+    return (logits, hidden) if return_hidden else logits
+
+
+@torch.no_grad()
+def forward_last_folded(params, tokens):
+    """forward_last for evaluation (no gradients), regrouped: the same logits, about half the work."""
+    # After attention, the last position's residual stream is a weighted sum of table rows:
+    #   resid = resid_tab[T-1, last token] + sum_{j, h} pattern[j, h] * (v_tab[j, token_j, h] @ W_O[h]).
+    # The MLP's pre-activation (resid @ W_in) and the direct path to the logits (resid @ W_U) are
+    # linear in resid, so W_in and W_U are applied once to the table's rows (a few thousand)
+    # instead of to every input; per input one embedding_bag forms the weighted sum of its
+    # 1 + T*n_heads rows, and W_out is folded into W_U. Only hidden @ (W_out @ W_U) is left per input.
+    # Training cannot use this: embedding_bag's backward adds in an order that depends on the
+    # number of runs, so a batch of runs would drift from the same runs trained alone.
+    W_E, W_pos = params["W_E"], params["W_pos"]
+    R, B, T = tokens.shape
+    d_vocab, d_model = W_E.shape[1:]
+    n_heads, d_head = params["W_Q"].shape[1], params["W_Q"].shape[3]
+    d_mlp = params["W_in"].shape[-1]
+    resid_tab = W_E[:, None] + W_pos[:, :, None]  # [R, T, d_vocab, d_model]
+    q_tab = torch.einsum("rvd,rhde->rvhe", resid_tab[:, -1], params["W_Q"])  # [R, d_vocab, n_heads, d_head]
+    k_tab = torch.einsum("rtvd,rhde->rtvhe", resid_tab, params["W_K"])  # [R, T, d_vocab, n_heads, d_head]
+    score_tab = torch.einsum("rqhe,rtkhe->rqtkh", q_tab, k_tab) / math.sqrt(d_head)  # [R, d_vocab, T, d_vocab, n_heads]
+    vo_tab = torch.einsum("rtvd,rhde,rhef->rtvhf", resid_tab, params["W_V"], params["W_O"])  # [R, T, d_vocab, n_heads, d_model]
+    rows = torch.cat([vo_tab.reshape(R, -1, d_model), resid_tab[:, -1]], dim=1)  # [R, n_rows, d_model]
+    n_rows = rows.shape[1]  # T*d_vocab*n_heads value rows, then d_vocab rows of the last token's own residual
+    # The last token's row enters every input once with weight 1, so it carries the biases too.
+    bias_in = torch.cat([rows.new_zeros(R, n_rows - d_vocab, 1), rows.new_ones(R, d_vocab, 1)], dim=1)  # [R, n_rows, 1]
+    pre_tab = torch.baddbmm(bias_in * params["b_in"][:, None], rows, params["W_in"])  # [R, n_rows, d_mlp]
+    direct_tab = (rows + bias_in * params["b_out"][:, None]) @ params["W_U"]  # [R, n_rows, n_out]
+    run = torch.arange(R, device=tokens.device).view(R, 1, 1)
+    pos = torch.arange(T, device=tokens.device)
+    s_row = (run * d_vocab + tokens[..., -1:]) * (T * d_vocab) + pos * d_vocab + tokens  # [R, B, T], as in forward_last
+    pattern = score_tab.reshape(-1, n_heads)[s_row.flatten()].view(R, B, T, n_heads).softmax(dim=2)
+    heads = torch.arange(n_heads, device=tokens.device)
+    value_rows = ((pos * d_vocab + tokens)[..., None] * n_heads + heads).flatten(2)  # [R, B, T*n_heads]
+    last_row = T * d_vocab * n_heads + tokens[..., -1:]  # [R, B, 1]
+    bags = (torch.cat([value_rows, last_row], dim=-1) + run * n_rows).reshape(R * B, -1)  # rows per input
+    weights = torch.cat([pattern.flatten(2), pattern.new_ones(R, B, 1)], dim=-1).reshape(R * B, -1)
+    mix = lambda tab: F.embedding_bag(bags, tab.reshape(R * n_rows, -1), per_sample_weights=weights,
+                                      mode="sum").view(R, B, -1)
+    hidden = mix(pre_tab).relu_()  # [R, B, d_mlp]
+    return torch.baddbmm(mix(direct_tab), hidden, params["W_out"] @ params["W_U"])  # [R, B, n_out]
+
+
+def pad_groups(n_train, ratio):
+    """Runs grouped by training-set size: lists of run indices whose D lie within `ratio` of each other."""
+    # Runs of different D are padded to a common length to step them as one batch; padding costs
+    # as much as real examples, and a geometric grid of D (150 ... 1400) would waste over half the
+    # compute. Runs are therefore stepped in groups of similar D, each padded to its own largest D.
+    order = sorted(range(len(n_train)), key=lambda r: n_train[r])
+    groups = [[order[0]]]
+    for r in order[1:]:
+        if n_train[r] > ratio * n_train[groups[-1][0]]:
+            groups.append([])
+        groups[-1].append(r)
+    return groups
+
+
+def make_batches(n_train, tokens, train_idx, train_labels, pad_ratio, device, groups=None):
+    """The training set as batches of runs with similar D: each a dict of run selector, tokens, labels, weights."""
+    groups = groups or pad_groups(n_train, pad_ratio)
+    batches = []
+    for g in groups:
+        n = max(n_train[r] for r in g)
+        idx = train_idx[g, :n]  # [R_g, D_g], -1 = padding
+        contiguous = g == list(range(g[0], g[-1] + 1))  # then the group takes views of the parameters
+        batches.append(dict(
+            runs=g, sel=slice(g[0], g[-1] + 1) if contiguous else torch.tensor(g, device=device),
+            tokens=tokens[torch.as_tensor(np.maximum(idx, 0))].to(device),  # [R_g, D_g, n_ctx]
+            labels=torch.as_tensor(train_labels[g, :n], device=device),  # [R_g, D_g]
+            weight=torch.as_tensor((idx >= 0) / (idx >= 0).sum(1, keepdims=True), device=device)))  # mean over own D
+    order = np.concatenate(groups)
+    unsort = torch.as_tensor(np.argsort(order), device=device)
+    return dict(groups=batches, unsort=unsort)
+
+
+def train_forward(params, batches):
+    """Each run's training loss [R] (a mean over its own D) and the logits of every group."""
+    losses, logits = [], []
+    for b in batches["groups"]:
+        logits.append(forward_last({n: t[b["sel"]] for n, t in params.items()}, b["tokens"]))  # [R_g, D_g, n_out]
+        losses.append(cross_entropy(logits[-1], b["labels"], b["weight"]))
+    return torch.cat(losses).index_select(0, batches["unsort"]), logits
+
+
+@torch.no_grad()
+def train_accuracy(logits, batches):
+    """Each run's training accuracy [R] from train_forward's logits."""
+    acc = [((lg.argmax(-1) == b["labels"]) & (b["weight"] > 0)).sum(-1) / (b["weight"] > 0).sum(-1)
+           for lg, b in zip(logits, batches["groups"])]
+    return torch.cat(acc).index_select(0, batches["unsort"]).double()
+
+
+def eval_set(tokens, labels, test_idx, device):
+    """Each run's test inputs, labels and mask [R, M], and how many runs to evaluate at once."""
+    idx = np.maximum(test_idx, 0)
+    # Runs are evaluated a few at a time, so that memory stays bounded for many runs: at most
+    # 2^24 floats of activations per slice on a CPU (2^27 on a GPU, which prefers big batches).
+    limit = 2 ** (27 if device.type == "cuda" else 24)
+    per_run = test_idx.shape[1] * 1024  # d_mlp + n_out activations per input, rounded up
+    idx = torch.as_tensor(idx)
+    return dict(tokens=tokens[idx].to(device), labels=labels[idx].to(device),
+                mask=torch.as_tensor(test_idx >= 0, device=device), runs_at_once=max(1, limit // per_run))
+
+
+@torch.no_grad()
+def evaluate(params, test):
+    """Mean loss and accuracy of each run over its own test set: two [R] float64 tensors."""
+    loss, correct = [], []
+    R, step = test["tokens"].shape[0], test["runs_at_once"]
+    for s in range(0, R, step):
+        sl = slice(s, s + step)
+        logits = forward_last_folded({n: t[sl] for n, t in params.items()}, test["tokens"][sl])  # [r, M, n_out]
+        mask = test["mask"][sl]
+        loss.append(cross_entropy(logits, test["labels"][sl], mask / mask.sum(-1, keepdim=True)))
+        correct.append(((logits.argmax(-1) == test["labels"][sl]) & mask).sum(-1) / mask.sum(-1))
+    return torch.cat(loss), torch.cat(correct).double()
 
 
 def keep_freed_memory():
@@ -703,46 +814,117 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def check_finite(first_bad, runs, out):
-    """Stop with a clear error if any run's loss went non-finite; the last checkpoint is kept."""
-    bad = (first_bad >= 0).nonzero().flatten().tolist()
-    if bad:
-        r = bad[0]
-        raise FloatingPointError(
-            f"non-finite loss at epoch {int(first_bad[r])} in run {r} (seed={runs['seed'][r]}, "
-            f"D={runs['n_train'][r]}, wd={runs['wd'][r]}, lr={runs['lr'][r]}); "
-            f"stopped, last good checkpoint kept in {out}")
+def reference_epoch_fn(params, cfg, train_tokens, train_labels, train_weight, test):
+    """The straightforward way, for --bench-impl reference: forward at every position, torch.optim.AdamW."""
+    lrs, wds = set(parse_list(cfg.lr, float, "lr")), set(parse_list(cfg.wd, float, "wd"))
+    if len(lrs) > 1 or len(wds) > 1:
+        raise ValueError("--bench-impl reference takes one --lr and one --wd (torch.optim.AdamW has one per tensor)")
+    opt = torch.optim.AdamW(list(params.values()), lr=lrs.pop(), weight_decay=wds.pop(),
+                            betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    test_weight = test["mask"] / test["mask"].sum(-1, keepdim=True)
+
+    def epoch():
+        loss = cross_entropy(forward(params, train_tokens)[:, :, -1], train_labels, train_weight).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            logits = forward(params, test["tokens"])[:, :, -1]
+            cross_entropy(logits, test["labels"], test_weight), (logits.argmax(-1) == test["labels"]).sum(-1)
+    return epoch
 
 
-def history_arrays(hist):
-    """The recorded metrics as arrays: epoch and wall_s [T], and each metric [R, T]."""
-    out = {"epoch": np.array(hist["epoch"], dtype=np.int64), "wall_s": np.array(hist["wall_s"])}
-    for k, v in hist.items():
-        if k not in out:
-            out[k] = torch.stack(v, dim=1).numpy() if v else np.zeros((0, 0))
-    return out
+def bench(cfg):
+    """Time the workload of one epoch (an AdamW step, then a forward over every test pair); prints one line."""
+    device = resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    tokens, labels, runs, dims = describe(cfg)
+    R = len(runs["seed"])
+    train_idx, test_idx, train_labels = run_splits(runs, labels, dims["n_out"], cfg.random_labels)
+    test = eval_set(tokens, labels, test_idx, device)
+    params = {n: t.to(device).requires_grad_() for n, t in initial_params(runs, dims, "").items()}
+    if cfg.bench_impl == "reference":
+        idx = np.maximum(train_idx, 0)
+        weight = torch.as_tensor((train_idx >= 0) / (train_idx >= 0).sum(1, keepdims=True), device=device)
+        epoch = reference_epoch_fn(params, cfg, tokens[idx].to(device), torch.as_tensor(train_labels, device=device),
+                                   weight, test)
+    else:
+        # "serial": every run in a batch of its own, and evaluated alone: the runs one by one.
+        groups = [[r] for r in range(R)] if cfg.bench_impl == "serial" else None
+        batches = make_batches(runs["n_train"], tokens, train_idx, train_labels, cfg.pad_ratio, device, groups)
+        if cfg.bench_impl == "serial":
+            test["runs_at_once"] = 1
+        state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}
+        lr = torch.tensor(runs["lr"], dtype=torch.float32, device=device)
+        wd = torch.tensor(runs["wd"], dtype=torch.float32, device=device)
+        step = [0]
+
+        def epoch():
+            loss, _ = train_forward(params, batches)
+            grads = dict(zip(params, torch.autograd.grad(loss.sum(), list(params.values()))))
+            step[0] += 1
+            with torch.no_grad():
+                adamw_step(params, grads, state, step[0], lr, wd, cfg.beta1, cfg.beta2, cfg.eps)
+            evaluate(params, test)
+    for e in range(cfg.bench_epochs + 3):
+        if e == 3:  # 3 warm-up epochs: allocator, thread pool and caches settle
+            sync(device)
+            t0 = time.perf_counter()
+        epoch()
+    sync(device)
+    seconds = (time.perf_counter() - t0) / cfg.bench_epochs
+    print(f"bench={cfg.bench_impl} runs={R} device={device} ms_per_epoch={1000 * seconds:.2f} "
+          f"epochs_per_s={1 / seconds:.2f} train_example_epochs_per_s={sum(runs['n_train']) / seconds:.0f}", flush=True)
+    return None
 
 
 # -----------------------------------------------------------------------------
-# Command line
+# Command line: one flag per Config field, its help the field's comment
+
+
+def field_help(cls):
+    """Each dataclass field's trailing comment in the source (its reason and source), by name."""
+    helps = {}
+    for line in inspect.getsource(cls).splitlines():
+        head, _, comment = line.partition("  # ")
+        if ":" in head and "=" in head and comment:
+            helps[head.split(":")[0].strip()] = comment.strip()
+    return helps
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, except that a bad flag raises ValueError (main prints it as one line) instead of usage text."""
+
+    def error(self, message):
+        raise ValueError(f"{message} (python {self.prog} --help lists the flags)")
+
+
+def add_field_flags(parser, cls, skip=()):
+    """One flag per field of a Config dataclass: --name-with-hyphens (also --name_with_underscores)."""
+    helps = field_help(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flags = ["--" + f.name.replace("_", "-")] + (["--" + f.name] if "_" in f.name else [])
+        h = f"{helps.get(f.name, '')} (default: {f.default!r})".replace("%", "%%")  # argparse formats help with %
+        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(f.type, f.type)
+        if kind is bool:
+            parser.add_argument(*flags, dest=f.name, action="store_true", help=h)
+        else:
+            parser.add_argument(*flags, dest=f.name, type=kind, default=f.default, metavar=f.name.upper(), help=h)
+    return parser
 
 
 def config_from_args(argv):
-    """Build a Config from command-line flags, one flag per dataclass field."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
-            ap.add_argument(flag, action="store_true", help=f"(default: {f.default})")
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            ap.add_argument(flag, type=kind, default=f.default, help=f"(default: {f.default})")
-    return Config(**vars(ap.parse_args(argv)))
+    """Build a Config from command-line flags; a bad flag or value raises a one-line ValueError."""
+    parser = OneLineParser(prog="grok.py", description=__doc__.split("\n")[1].strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    return Config(**vars(add_field_flags(parser, Config).parse_args(argv)))
 
 
 def main(argv=None):
-    """Entry point: one-line errors for bad input, a non-zero exit code."""
+    """Entry point: one-line errors for bad input, exit code 2."""
     keep_freed_memory()
     try:
         train(config_from_args(argv))

@@ -2,6 +2,7 @@
 
 Run: python -m pytest -q tests/test_grok.py
 """
+import dataclasses
 import itertools
 import json
 import math
@@ -81,54 +82,79 @@ def test_split_is_seeded_nested_and_disjoint():
 
 
 # -----------------------------------------------------------------------------
-# Model: last-position-only forward against a straightforward all-positions forward
+# Model: the textbook forward against an explicit loop, and the fast forwards against it
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here: the CUDA path is untested in this run"))]
 
 
-def all_positions_forward(P, tokens):
-    """A plain 1-layer transformer over every position, causal mask, written independently."""
-    x = P["W_E"][tokens] + P["W_pos"]  # [B, n_ctx, d_model]
-    q = torch.einsum("bpd,hde->bhpe", x, P["W_Q"])
-    k = torch.einsum("bpd,hde->bhpe", x, P["W_K"])
-    v = torch.einsum("bpd,hde->bhpe", x, P["W_V"])
-    scores = torch.einsum("bhqe,bhke->bhqk", q, k) / math.sqrt(P["W_Q"].shape[-1])
-    n = tokens.shape[1]
-    scores = scores.masked_fill(~torch.tril(torch.ones(n, n, dtype=torch.bool)), float("-inf"))
-    z = torch.einsum("bhqk,bhke->bhqe", scores.softmax(-1), v)
-    x = x + torch.einsum("bhqe,hed->bqd", z, P["W_O"])
-    x = x + torch.relu(x @ P["W_in"] + P["b_in"]) @ P["W_out"] + P["b_out"]
-    return x @ P["W_U"]  # [B, n_ctx, n_out]
+def loop_forward(P, tokens):
+    """One input's logits at every position, written as loops over positions and heads (float64)."""
+    T = len(tokens)
+    x = [P["W_E"][t] + P["W_pos"][i] for i, t in enumerate(tokens)]  # residual stream per position
+    out = []
+    for i in range(T):
+        attn = 0
+        for h in range(P["W_Q"].shape[0]):
+            q = x[i] @ P["W_Q"][h]
+            scores = torch.stack([q @ (x[j] @ P["W_K"][h]) for j in range(i + 1)])  # keys at or before i only
+            a = torch.softmax(scores / math.sqrt(len(q)), dim=0)
+            z = sum(a[j] * (x[j] @ P["W_V"][h]) for j in range(i + 1))
+            attn = attn + z @ P["W_O"][h]
+        resid = x[i] + attn
+        resid = resid + torch.relu(resid @ P["W_in"] + P["b_in"]) @ P["W_out"] + P["b_out"]
+        out.append(resid @ P["W_U"])
+    return torch.stack(out)  # [T, n_out]
+
+
+def random_runs(p, fmt, R, device, dtype=torch.float32, **dims):
+    """R runs' parameters stacked [R, ...] with non-zero biases, so that they are tested too."""
+    tokens, labels, d_vocab, n = grok.make_dataset("add", p, fmt)
+    dims = dict(d_vocab=d_vocab, n_ctx=tokens.shape[1], n_out=n, **(dims or SMALL))
+    runs = [grok.init_params(dims, s) for s in range(R)]
+    for P in runs:
+        P["b_in"].normal_(0, 0.1), P["b_out"].normal_(0, 0.1)
+    stacked = {k: torch.stack([P[k] for P in runs]).to(device, dtype) for k in runs[0]}
+    return stacked, tokens.to(device), labels.to(device)
 
 
 @pytest.mark.parametrize("fmt", ["varma", "nanda"])
-def test_forward_matches_all_positions(fmt):
-    tokens, _, d_vocab, n = grok.make_dataset("add", 13, fmt)
-    dims = dict(d_vocab=d_vocab, n_ctx=tokens.shape[1], n_out=n, d_model=128, n_heads=4, d_head=32, d_mlp=512)
-    runs = [grok.init_params(dims, s) for s in (0, 1)]
-    for P in runs:  # non-zero biases, so that they are tested too
-        P["b_in"].normal_(0, 0.1), P["b_out"].normal_(0, 0.1)
-    stacked = {k: torch.stack([P[k] for P in runs]) for k in runs[0]}
-    idx = torch.stack([torch.randperm(len(tokens), generator=torch.Generator().manual_seed(s))[:50] for s in (0, 1)])
-    for forward in (grok.forward_last, grok.forward_last_folded):
-        got = forward(stacked, tokens[idx])  # [2, 50, n_out]
-        for r, P in enumerate(runs):
-            want = all_positions_forward(P, tokens[idx[r]])[:, -1]
-            err = (got[r] - want).abs().max().item()
-            assert err < 1e-4, f"{forward.__name__}, run {r}: max |difference| {err:.2e}"
+def test_forward_matches_explicit_loop(fmt):
+    P, tokens, _ = random_runs(7, fmt, 2, "cpu", torch.float64)
+    idx = torch.tensor([[0, 5, 17, 48], [3, 22, 30, 41]])
+    got = grok.forward(P, tokens[idx])  # [2, 4, n_ctx, n_out]
+    err = max((got[r, b] - loop_forward({k: v[r] for k, v in P.items()}, tokens[idx[r, b]])).abs().max().item()
+              for r in range(2) for b in range(4))
+    assert err < 1e-12, f"forward vs the explicit loop: max |difference| {err:.2e}"
 
 
-def test_gradients_match_all_positions():
-    tokens, labels, d_vocab, n = grok.make_dataset("add", 7, "varma")
-    dims = dict(d_vocab=d_vocab, n_ctx=4, n_out=n, **SMALL)
-    P = {k: v.double().requires_grad_() for k, v in grok.init_params(dims, 5).items()}
-    want = torch.autograd.grad(torch.nn.functional.cross_entropy(all_positions_forward(P, tokens)[:, -1], labels),
-                               list(P.values()))
-    stacked = {k: v[None] for k, v in P.items()}
-    w = torch.full((1, len(labels)), 1.0 / len(labels), dtype=torch.float64)
-    got = torch.autograd.grad(grok.cross_entropy(grok.forward_last(stacked, tokens[None]), labels[None], w).sum(),
-                              list(P.values()))
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ["varma", "nanda"])
+def test_forward_last_equals_forward_at_the_last_position(fmt, device):
+    P, tokens, _ = random_runs(13, fmt, 2, device, d_model=128, n_heads=4, d_head=32, d_mlp=512)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.stack([torch.randperm(len(tokens), generator=g)[:50] for _ in range(2)]).to(device)
+    want = grok.forward(P, tokens[idx])[:, :, -1]  # [2, 50, n_out]
+    scale = want.abs().max().item()
+    for fast in (grok.forward_last, grok.forward_last_folded):
+        err = (fast(P, tokens[idx]) - want).abs().max().item()
+        assert err < 1e-5 * scale, f"{fast.__name__} on {device}: max |difference| {err:.2e} (logits up to {scale:.1f})"
+    _, hidden = grok.forward_last(P, tokens[idx], return_hidden=True)  # the MLP activations analysis.py reads
+    err = (hidden - grok.forward(P, tokens[idx], return_hidden=True)[1][:, :, -1]).abs().max().item()
+    assert err < 1e-5 * scale, f"MLP activations on {device}: max |difference| {err:.2e}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradients_of_forward_last_equal_forward(device):
+    P, tokens, labels = random_runs(7, "varma", 2, device, torch.float64)
+    w = torch.full((2, len(labels)), 1.0 / len(labels), dtype=torch.float64, device=device)
+    tok, lab = tokens.expand(2, -1, -1), labels.expand(2, -1)
+    leaves = {k: v.clone().requires_grad_() for k, v in P.items()}
+    want = torch.autograd.grad(grok.cross_entropy(grok.forward(leaves, tok)[:, :, -1], lab, w).sum(), list(leaves.values()))
+    got = torch.autograd.grad(grok.cross_entropy(grok.forward_last(leaves, tok), lab, w).sum(), list(leaves.values()))
     for name, a, b in zip(P, got, want):
         err = (a - b).abs().max().item()
-        assert err < 1e-10, f"gradient of {name}: max |difference| {err:.2e}"
+        assert err < 1e-10, f"gradient of {name} on {device}: max |difference| {err:.2e}"
 
 
 def test_cross_entropy_matches_torch():
@@ -145,33 +171,51 @@ def test_cross_entropy_matches_torch():
 # AdamW against torch.optim.AdamW, with a different lr and weight decay per run
 
 
-def test_adamw_matches_torch_optim():
+@pytest.mark.parametrize("device", DEVICES)
+def test_adamw_matches_torch_optim(device):
     g = torch.Generator().manual_seed(0)
     R, lrs, wds = 3, [1e-3, 3e-3, 1e-2], [1.0, 0.3, 0.0]
     init = {"W": torch.randn(R, 5, 4, generator=g), "b": torch.randn(R, 4, generator=g)}
-    ours = {k: v.clone() for k, v in init.items()}
-    state = {"m": {k: torch.zeros_like(v) for k, v in init.items()},
-             "v": {k: torch.zeros_like(v) for k, v in init.items()}}
-    theirs = [[torch.nn.Parameter(init[k][r].clone()) for k in init] for r in range(R)]
+    ours = {k: v.clone().to(device) for k, v in init.items()}
+    state = {"m": {k: torch.zeros_like(v) for k, v in ours.items()}, "v": {k: torch.zeros_like(v) for k, v in ours.items()}}
+    theirs = [[torch.nn.Parameter(init[k][r].clone().to(device)) for k in init] for r in range(R)]
     opts = [torch.optim.AdamW(theirs[r], lr=lrs[r], betas=(0.9, 0.98), eps=1e-8, weight_decay=wds[r])
             for r in range(R)]
-    for step in range(1, 51):
-        grads = {k: torch.randn(v.shape, generator=g) * 10 ** (step % 3 - 1) for k, v in init.items()}
-        grok.adamw_step(ours, grads, state, step, torch.tensor(lrs), torch.tensor(wds), 0.9, 0.98, 1e-8)
+    lr, wd = torch.tensor(lrs, device=device), torch.tensor(wds, device=device)
+    for step in range(1, 61):
+        # Gradients of 1e-9 (where eps = 1e-8 dominates the denominator, so its placement shows),
+        # 1e-1 and 10, in turn.
+        scale = (1e-9, 1e-1, 10.0)[step % 3]
+        grads = {k: (torch.randn(v.shape, generator=g) * scale).to(device) for k, v in init.items()}
+        grok.adamw_step(ours, grads, state, step, lr, wd, 0.9, 0.98, 1e-8)
         for r in range(R):
             for p, k in zip(theirs[r], init):
                 p.grad = grads[k][r].clone()
             opts[r].step()
     err = max((ours[k][r] - theirs[r][i].detach()).abs().max().item() for r in range(R) for i, k in enumerate(init))
-    assert err < 1e-6, f"max |difference| after 50 steps: {err:.2e}"
+    assert err < 1e-6, f"max |difference| after 60 steps on {device}: {err:.2e}"
+
+
+def test_adamw_eps_placement_is_visible_with_tiny_gradients():
+    # The test above could not tell eps inside the square root from eps outside it if the gradients
+    # were large; with gradients of 1e-9 the two differ by orders of magnitude in the step size.
+    p = {"w": torch.zeros(1, 3)}
+    state = {"m": {"w": torch.zeros(1, 3)}, "v": {"w": torch.zeros(1, 3)}}
+    grok.adamw_step(p, {"w": torch.full((1, 3), 1e-9)}, state, 1, torch.tensor([1e-3]), torch.tensor([0.0]), 0.9, 0.98, 1e-8)
+    outside = 1e-3 * 1e-9 / (1e-9 + 1e-8)  # closed form of the first step: lr * g / (|g| + eps)
+    inside = 1e-3 * 1e-9 / math.sqrt(1e-18 + 1e-8)
+    got = -p["w"][0, 0].item()
+    assert abs(got - outside) < 1e-3 * outside and inside < 1e-3 * got, (got, outside, inside)
 
 
 # -----------------------------------------------------------------------------
 # Batched runs = the same runs trained one by one
 
 
-def test_batched_runs_equal_single_runs(tmp_path):
-    batch = small_cfg(tmp_path / "batch", seeds="0,1", train="40,70", wd="0.5,1.0", lr="1e-3,3e-3", epochs=40)
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_runs_equal_single_runs(tmp_path, device):
+    batch = small_cfg(tmp_path / "batch", seeds="0,1", train="40,70", wd="0.5,1.0", lr="1e-3,3e-3", epochs=40,
+                      device=device)
     grok.train(batch)
     cfg_all = json.load(open(tmp_path / "batch" / "config.json"))
     hist = np.load(tmp_path / "batch" / "history.npz")
@@ -181,7 +225,7 @@ def test_batched_runs_equal_single_runs(tmp_path):
     for r in range(R):
         s, d, w, l = (cfg_all["runs"][k][r] for k in ("seed", "n_train", "wd", "lr"))
         out = tmp_path / f"single{r}"
-        grok.train(small_cfg(out, seeds=str(s), train=str(d), wd=str(w), lr=str(l), epochs=40))
+        grok.train(small_cfg(out, seeds=str(s), train=str(d), wd=str(w), lr=str(l), epochs=40, device=device))
         h1 = np.load(out / "history.npz")
         p1 = torch.load(out / "params.pt")
         err_p = max((final[k][r] - p1[k][0]).abs().max().item() for k in p1)
@@ -316,9 +360,21 @@ def test_bad_input_is_one_clear_line(tmp_path, kw, message):
 
 def test_resume_with_other_settings_names_the_keys(tmp_path):
     grok.train(small_cfg(tmp_path / "run", epochs=10))
-    with pytest.raises(ValueError, match=r"\(lr, wd differ\)"):
-        grok.train(small_cfg(tmp_path / "run", epochs=10, wd="0.5", lr="2e-3"))
+    with pytest.raises(ValueError, match=r"\(d_mlp, runs differ\)"):
+        grok.train(small_cfg(tmp_path / "run", epochs=10, wd="0.5", lr="2e-3", d_mlp=32))
     assert os.path.exists(tmp_path / "run" / "params.pt")
+
+
+def test_settings_are_compared_by_value_and_sources_by_content(tmp_path):
+    grok.train(small_cfg(tmp_path / "src", train="1.0", epochs=5))
+    grok.train(small_cfg(tmp_path / "run", wd="1", init_from=str(tmp_path / "src"), epochs=5, ckpt_every=2))
+    os.remove(tmp_path / "run" / "params.pt")  # as if killed at the end: resume from the checkpoint
+    os.rename(tmp_path / "src", tmp_path / "moved")
+    grok.train(small_cfg(tmp_path / "run", wd="1.0", init_from=str(tmp_path / "moved"), epochs=5, ckpt_every=2))
+    assert os.path.exists(tmp_path / "run" / "params.pt")
+    grok.train(small_cfg(tmp_path / "other", train="1.0", seeds="1", epochs=5))
+    with pytest.raises(ValueError, match=r"\(init_sha256 differ\)"):
+        grok.train(small_cfg(tmp_path / "run", init_from=str(tmp_path / "other"), epochs=5, ckpt_every=2))
 
 
 def test_init_from_a_run_of_another_shape(tmp_path):
@@ -343,9 +399,50 @@ def test_command_line_error_is_one_line():
     assert r.returncode == 2 and r.stderr.startswith("error: unknown task 'mul'") and r.stderr.count("\n") == 1
 
 
-def test_bench_prints_the_result_line(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "grok.py"), "--bench", "--p", "11", "--bench-epochs", "2",
-                        "--device", "cpu", "--out", str(tmp_path / "never")], capture_output=True, text=True)
+@pytest.mark.parametrize("impl", ["fast", "reference", "serial"])
+def test_bench_prints_the_result_line(tmp_path, impl):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "grok.py"), "--bench", "--bench-impl", impl, "--p", "11",
+                        "--seeds", "0,1", "--bench-epochs", "2", "--device", "cpu", "--out", str(tmp_path / "never")],
+                       capture_output=True, text=True)
     last = r.stdout.strip().splitlines()[-1]
-    assert r.returncode == 0 and last.startswith("ms_per_epoch=") and last.endswith("runs=1"), r.stdout + r.stderr
+    assert r.returncode == 0 and last.startswith(f"bench={impl} runs=2 ") and "ms_per_epoch=" in last, r.stdout + r.stderr
     assert not (tmp_path / "never").exists(), "--bench must not write a run directory"
+
+
+def test_reference_bench_needs_one_lr_and_wd():
+    with pytest.raises(ValueError, match="one --lr and one --wd"):
+        grok.train(small_cfg("unused", bench=True, bench_impl="reference", wd="0.5,1", bench_epochs=1))
+
+
+# -----------------------------------------------------------------------------
+# Command line: sources in --help, one line for every bad flag, one spelling across the scripts
+
+
+def run_script(*args):
+    """Run a script of the repository; returns (exit code, stdout, stderr)."""
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_help_shows_each_settings_source():
+    code, out, _ = run_script("grok.py", "--help")
+    flat = " ".join(out.split())  # argparse wraps lines
+    assert code == 0 and "--beta2 BETA2 App. A: beta_2 = 0.98 (default: 0.98)" in flat, flat[:2000]
+    for f in dataclasses.fields(grok.Config):  # every field has a flag and a reason
+        assert f"--{f.name.replace('_', '-')}" in flat and grok.field_help(grok.Config).get(f.name), f.name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "abc"], "argument --epochs: invalid int value: 'abc'"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--bench-impl", "slow"], "--bench-impl 'slow' is unknown"),
+])
+def test_bad_flag_is_one_line_with_exit_code_2(args, message):
+    code, out, err = run_script("grok.py", *args, "--out", "/nonexistent/never")
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_underscore_and_hyphen_spellings_are_the_same_flag():
+    a = grok.config_from_args(["--d-model", "64", "--log_every", "7", "--random-labels"])
+    b = grok.config_from_args(["--d_model", "64", "--log-every", "7", "--random_labels"])
+    assert a == b and a.d_model == 64 and a.log_every == 7 and a.random_labels

@@ -1,9 +1,10 @@
 """Tests for the experiment tests of results.md and for reproduce.sh's stage logic (at toy scale).
 
-Run: python -m pytest -q tests/test_reproduce.py
+Run: python -m pytest -q tests/test_reproduce.py      (-m "not slow" leaves out the pipeline runs)
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -159,13 +160,22 @@ def repro(out, *args):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny_shared(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     code, log = repro(out, "tiny")
     assert code == 0, log
     return out, log
 
 
+@pytest.fixture
+def tiny(tiny_shared, tmp_path):
+    """A copy of the tiny pipeline's output for one test, so that no test sees another's changes."""
+    out, log = tiny_shared
+    shutil.copytree(out, tmp_path / "tiny")
+    return tmp_path / "tiny", log
+
+
+@pytest.mark.slow
 def test_tiny_pipeline_writes_every_output(tiny):
     out, log = tiny
     for f in ("fig2_toy.png", "fig1a_grokking.png", "fig1b_ungrokking.png", "fig4_ungrokking.png",
@@ -183,6 +193,7 @@ def test_tiny_pipeline_writes_every_output(tiny):
     assert "smallest D' (30)" in p2, p2
 
 
+@pytest.mark.slow
 def test_second_run_skips_finished_stages(tiny):
     out, _ = tiny
     before = (out / "fig4_ungrokking.png").stat().st_mtime
@@ -193,8 +204,9 @@ def test_second_run_skips_finished_stages(tiny):
     assert (out / "fig4_ungrokking.png").stat().st_mtime == before
 
 
+@pytest.mark.slow
 def test_interrupted_stage_resumes_from_checkpoints(tiny):
-    out, _ = tiny  # runs after the tests above, so changing the shared folder is safe
+    out, _ = tiny
     # As if killed during the fig4 stage: the second sweep has a checkpoint but no params.pt,
     # and the stage's figures were never drawn.
     (out / "fig4_ungrokking.png").unlink()
@@ -206,6 +218,7 @@ def test_interrupted_stage_resumes_from_checkpoints(tiny):
     assert (out / "fig4_ungrokking.png").exists()
 
 
+@pytest.mark.slow
 def test_failing_command_inside_a_stage_fails_the_stage(tiny):
     out, _ = tiny
     # The second sweep's directory now holds other settings: its grok.py command fails midway
@@ -213,7 +226,7 @@ def test_failing_command_inside_a_stage_fails_the_stage(tiny):
     (out / "fig4_ungrokking.png").unlink()
     cfg = out / "runs" / "ungrok_wd2" / "config.json"
     saved = json.loads(cfg.read_text())
-    saved["config"]["lr"] = "0.5"
+    saved["runs"]["lr"] = [0.5 for _ in saved["runs"]["lr"]]
     cfg.write_text(json.dumps(saved))
     code, log = repro(out, "tiny", "fig4")
     assert code == 1 and "stage 'fig4' failed" in log, log

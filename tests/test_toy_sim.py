@@ -144,12 +144,23 @@ def test_presets_run_together_equal_presets_run_alone():
         assert diff < 1e-12, f"preset {i}: vectorised vs alone max diff {diff:.3g}"
 
 
-def test_summary_line_per_preset_and_csv_round_trip(tmp_path):
-    cfgs = [toy_sim.Config(**toy_sim.preset_overrides(n), steps=500) for n in ("a", "b", "c")]
-    curves = toy_sim.run_configs(cfgs)
-    lines = toy_sim.summary_lines(["a", "b", "c"], curves)
-    assert len(lines) == 3 and all("never" in line or "step" in line for line in lines), lines
-    data = {"names": ["a", "b", "c"], "switch_step": [0, 0, 0], **curves}
+def brute_half_peak(curve):
+    """First step after the peak where the curve is below half the peak, by a plain loop (-1: never)."""
+    peak = max(range(len(curve)), key=lambda t: curve[t])
+    return next((t for t in range(peak, len(curve)) if curve[t] < curve[peak] / 2), -1)
+
+
+def test_summary_lines_state_the_known_outcomes(tmp_path):
+    names = ["a", "b", "c"]
+    curves = toy_sim.run_configs([toy_sim.Config(**toy_sim.preset_overrides(n)) for n in names])
+    lines = toy_sim.summary_lines(names, curves)
+    steps = [brute_half_peak(list(curves["test"][:, i])) for i in range(3)]
+    # Fig. 2: (a) groks late, (b) never groks, (c) generalises at once.
+    assert steps[0] > 2500 and steps[1] == -1 and 0 <= steps[2] < steps[0] / 10, steps
+    assert "at step never" in lines[1], lines[1]
+    for i in (0, 2):
+        assert f"at step {steps[i]:>5d} " in lines[i], (lines[i], steps[i])
+    data = {"names": names, "switch_step": [0, 0, 0], **curves}
     path = tmp_path / "curves.csv"
     toy_sim.atomic_write_text(toy_sim.curves_csv(data), str(path))
     back = np.loadtxt(path, delimiter=",", skiprows=1)
@@ -246,7 +257,8 @@ def test_bad_simulate_args_raise():
 
 
 @pytest.mark.parametrize("flags,word", [(["--kappa", "0"], "kappa"), (["--q", "2"], "q"),
-                                         (["--P_g", "-1"], "P_g"), (["--lr", "abc"], "lr")])
+                                         (["--P-g", "-1"], "P_g"), (["--P_g", "-1"], "P_g"),
+                                         (["--lr", "abc"], "lr"), (["--no-such-flag"], "unrecognized")])
 def test_command_line_bad_input_prints_error_and_exits_nonzero(flags, word):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, os.path.join(ROOT, "toy_sim.py"), *flags],
