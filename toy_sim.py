@@ -13,7 +13,7 @@ Launch commands:
     python toy_sim.py                      # Fig. 2 (a)(b)(c) -> figures/toy_fig2.png
     python toy_sim.py --csv                # ... and the curves as numbers (.csv)
     python toy_sim.py --preset b           # one preset: a, b, c, ungrok, semi
-    python toy_sim.py --preset a --P_g 1.5 # any Table 1 parameter is a flag
+    python toy_sim.py --preset a --P-g 1.5 # any Table 1 parameter is a flag
     python toy_sim.py --preset ungrok      # beyond the paper: ungrokking (Sec. 4.2)
     python toy_sim.py --preset semi        # beyond the paper: semi-grokking (Sec. 4.2)
     python toy_sim.py --phase              # final test loss over P_g/P_m and kappa
@@ -67,7 +67,7 @@ class Config:
     # --- phase picture (beyond the paper) ---
     phase_n: int = 50  # grid points per axis (phase_n x phase_n runs, vectorised)
     phase_steps: int = 20000  # gradient steps per grid point
-    phase_ratio_min: float = 0.25  # smallest P_g/P_m on the x axis (P_m stays at --P_m)
+    phase_ratio_min: float = 0.25  # smallest P_g/P_m on the x axis (P_m stays at --P-m)
     phase_ratio_max: float = 2.0  # largest P_g/P_m
     phase_kappa_min: float = 0.5  # smallest kappa on the y axis
     phase_kappa_max: float = 3.0  # largest kappa (above 2 = norm_q weight decay is sublinear)
