@@ -85,14 +85,23 @@ def load_run(run_dir):
     if missing:
         raise ValueError(f"run directory {run_dir!r} is incomplete: {', '.join(missing)} missing "
                          f"(an unfinished run? rerun the same grok.py command to finish it)")
-    with open(os.path.join(run_dir, "config.json")) as f:
-        saved = json.load(f)
-    with np.load(os.path.join(run_dir, "history.npz")) as h:
-        hist = {k: h[k] for k in h.files}
-    with np.load(os.path.join(run_dir, "train_idx.npz")) as s:
-        split = {k: s[k] for k in s.files}
+    fix = f"rerun the grok.py command of {run_dir} after deleting the file, or delete the directory"
+    saved = grok.load_json(os.path.join(run_dir, "config.json"), fix)
+    hist = grok.load_checked(os.path.join(run_dir, "history.npz"), read_npz, fix)
+    split = grok.load_checked(os.path.join(run_dir, "train_idx.npz"), read_npz, fix)
+    # Runs that diverged were frozen by grok.py at their last finite state (history.npz says when and why).
+    reasons = [str(r) for r in hist.get("stop_reason", [])]
+    diverged = [r for r, why in enumerate(reasons) if why.startswith("diverged")]
+    if diverged and len(diverged) == len(reasons):
+        raise ValueError(f"{run_dir}: every run diverged ({reasons[0]}); there is nothing to analyse")
     return dict(dir=run_dir, cfg=saved["config"], runs=saved["runs"], dims=saved["dims"], hist=hist, split=split,
-                n_pairs=saved["n_pairs"])
+                n_pairs=saved["n_pairs"], diverged=diverged)
+
+
+def read_npz(path):
+    """Every array of an .npz file, read into memory."""
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
 
 
 def check_trig_task(run):
@@ -105,7 +114,11 @@ def check_trig_task(run):
 
 def load_params(path):
     """A stacked parameter file (params.pt or a snapshot) as float32 CPU tensors: name -> [R, ...]."""
-    return {k: v.float() for k, v in torch.load(path, map_location="cpu").items()}
+    fix = "rerun the grok.py command of its run directory after deleting the file"
+    params = grok.load_checked(path, lambda p: torch.load(p, map_location="cpu"), fix)
+    if not isinstance(params, dict) or not all(torch.is_tensor(params.get(n)) for n in grok.PARAM_SHAPES):
+        raise ValueError(f"{path} holds no grok.py parameters; {fix}")
+    return {k: v.float() for k, v in params.items()}
 
 
 def snapshot_files(run_dir):
@@ -442,6 +455,9 @@ def analyse_run(run_dir, which=-1, final_only=False, key_cover=0.9, log=print):
     """Every measure of the chosen runs at every snapshot (and the final parameters): arrays with a leading run axis."""
     run = load_run(run_dir)
     check_trig_task(run)
+    if run["diverged"]:
+        log(f"note: run(s) {run['diverged']} of {run_dir} diverged and were frozen at their last finite state "
+            f"(history.npz: stop_epoch, stop_reason); their measures describe that state")
     runs = pick_runs(run, which)
     final = load_params(os.path.join(run_dir, "params.pt"))
     final_epoch = int(run["hist"]["epoch"][-1])

@@ -26,15 +26,22 @@ Running the same command again resumes from the last checkpoint (or says the run
 import argparse
 import ctypes
 import dataclasses
+import errno
 import hashlib
 import inspect
 import itertools
 import json
 import math
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
+
+try:
+    import fcntl  # one writer per run directory (POSIX); elsewhere runs are not locked
+except ImportError:
+    fcntl = None
 
 import numpy as np
 import torch
@@ -287,17 +294,42 @@ def adamw_step(params, grads, state, step, lr, wd, beta1, beta2, eps):
 
 
 def atomic_write(path, write):
-    """Call write(tmp_path), make it durable, then rename it to path: path is never half-written."""
+    """Call write(tmp_path), flush it to disk, then rename it to path: path is never half-written.
+
+    On any failure the temporary file is removed and an OSError names path and the cause (one line).
+    """
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            cause = e.strerror or str(e)
+            raise OSError(e.errno, f"could not write {path}: {cause}" + (
+                "; free some space and run the same command again" if e.errno == errno.ENOSPC else "")) from None
         raise
+
+
+def load_checked(path, load, what_to_do):
+    """load(path), or a one-line ValueError that names the file, what is wrong with it and what to do."""
+    try:
+        return load(path)
+    except Exception as e:
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{path} is damaged or was not written by grok.py ({type(e).__name__}: {cause}); "
+                         f"{what_to_do}") from None
+
+
+def load_json(path, what_to_do):
+    """A JSON file, checked (one-line error if it is damaged)."""
+    def load(p):
+        with open(p) as f:
+            return json.load(f)
+    return load_checked(path, load, what_to_do)
 
 
 def save_json(obj, path):
@@ -344,13 +376,21 @@ def parse_list(text, kind, name):
 
 
 def train_size(spec, n_all):
-    """Training-set size for one entry of --train: a fraction (with a '.') or a count."""
-    if "." in spec or "e" in spec.lower():
-        frac = float(spec)
-        if not 0.0 < frac <= 1.0:
+    """Training-set size for one entry of --train: a fraction if it has a '.', else a count D."""
+    spec = spec.strip()
+    if not spec:
+        raise ValueError("--train has an empty entry; allowed: fractions like 0.3 or counts like 3830, comma-separated")
+    try:
+        value = float(spec)
+    except ValueError:
+        raise ValueError(f"--train entry {spec!r} is not a number; allowed: a fraction like 0.3 or a count like 3830") from None
+    if "." in spec:
+        if not 0.0 < value <= 1.0:
             raise ValueError(f"training fraction {spec} is outside (0, 1]")
-        return max(1, int(frac * n_all))
-    d = int(spec)
+        return max(1, int(value * n_all))
+    if not value.is_integer():  # "1e-1": a fraction needs its '.', so that 1 (one pair) and 1.0 (all) differ
+        raise ValueError(f"--train entry {spec!r} is not a whole count; write a fraction with a '.', e.g. 0.1")
+    d = int(value)
     if not 0 < d <= n_all:
         raise ValueError(f"training size D={d} is not in 1..{n_all} (the number of pairs of this task)")
     return d
@@ -359,12 +399,36 @@ def train_size(spec, n_all):
 def make_runs(cfg, n_all):
     """The runs of a config: the product of seeds x training sizes x weight decays x lrs."""
     seeds = parse_list(cfg.seeds, int, "seeds")
-    sizes = [train_size(s.strip(), n_all) for s in cfg.train.split(",")]
+    sizes = [train_size(s, n_all) for s in cfg.train.split(",")]
     wds, lrs = parse_list(cfg.wd, float, "wd"), parse_list(cfg.lr, float, "lr")
-    if any(w < 0 for w in wds) or any(l <= 0 for l in lrs):
-        raise ValueError("weight decays must be >= 0 and learning rates > 0")
+    if any(s < 0 for s in seeds):
+        raise ValueError(f"--seeds must be >= 0 (numpy's generators take no negative seeds), got {cfg.seeds!r}")
+    if not all(math.isfinite(w) and w >= 0 for w in wds) or not all(math.isfinite(l) and l > 0 for l in lrs):
+        raise ValueError(f"weight decays must be finite and >= 0 and learning rates finite and > 0, "
+                         f"got --wd {cfg.wd!r} --lr {cfg.lr!r}")
     runs = list(itertools.product(seeds, sizes, wds, lrs))
     return {k: [r[i] for r in runs] for i, k in enumerate(("seed", "n_train", "wd", "lr"))}
+
+
+def available_memory():
+    """Bytes of memory this machine can still give (MemAvailable on Linux), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return int(next(line for line in f if line.startswith("MemAvailable")).split()[1]) * 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_memory(n_pairs, n_ctx, n_runs, d_max, d_mlp):
+    """Refuse, before anything is allocated or written, a config whose data and activations do not fit."""
+    # The dataset (tokens, labels and numpy's intermediates), each run's index lists, and the
+    # training step's largest activations ([R, D, d_mlp] floats, a handful of them alive at once).
+    need = 8 * n_pairs * (n_ctx + 4) + 16 * n_runs * n_pairs + 4 * 8 * n_runs * d_max * d_mlp
+    have = available_memory()
+    if have is not None and need > 0.8 * have:
+        raise ValueError(f"this config needs about {need / 2**30:.1f} GiB ({n_pairs} pairs, {n_runs} runs of D up to "
+                         f"{d_max}) and this machine has {have / 2**30:.1f} GiB available; use a smaller --p, fewer runs "
+                         f"or a smaller --train")
 
 
 def check_config(cfg):
@@ -381,6 +445,15 @@ def check_config(cfg):
         raise ValueError(f"--stop-acc must be in [0, 1], got {cfg.stop_acc}")
     if not cfg.pad_ratio >= 1.0:
         raise ValueError(f"--pad-ratio must be >= 1 (1 = only equal D share a batch), got {cfg.pad_ratio}")
+    for name in ("beta1", "beta2", "eps", "stop_acc", "pad_ratio"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)}")
+    if cfg.task.startswith("s5_") and cfg.p != Config.p:
+        raise ValueError(f"--p does not apply to {cfg.task} (the 120 permutations of S5); leave it out")
+    if not cfg.out.strip():
+        raise ValueError("--out is empty; give the run directory")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ValueError(f"--out {cfg.out} is a file, not a directory")
     if cfg.bench_impl not in ("fast", "reference", "serial"):
         raise ValueError(f"--bench-impl {cfg.bench_impl!r} is unknown; allowed: fast, reference, serial")
 
@@ -398,8 +471,12 @@ def resolve_device(name):
 
 def describe(cfg):
     """Dataset, runs and model sizes of a config: what every command needs before it starts."""
+    n_ctx = {"varma": 4, "nanda": 3}.get(cfg.fmt, 4)
+    n_pairs = 120 * 120 if cfg.task.startswith("s5_") else cfg.p * cfg.p
+    check_memory(n_pairs, n_ctx, 1, 1, cfg.d_mlp)  # the dataset itself, before it is built
     tokens, labels, d_vocab, n_out = make_dataset(cfg.task, cfg.p, cfg.fmt)
     runs = make_runs(cfg, len(labels))
+    check_memory(len(labels), n_ctx, len(runs["seed"]), max(runs["n_train"]), cfg.d_mlp)
     dims = dict(d_vocab=d_vocab, n_ctx=tokens.shape[1], n_out=n_out, d_model=cfg.d_model,
                 n_heads=cfg.n_heads, d_head=cfg.d_head, d_mlp=cfg.d_mlp)
     return tokens, labels, runs, dims
@@ -417,7 +494,7 @@ def run_meta(cfg, runs, dims, n_pairs, device):
                 torch=torch.__version__, device=str(device))
     if cfg.init_from:  # the source is identified by its content, so a moved source still matches
         src = os.path.join(cfg.init_from, "params.pt")
-        if not os.path.exists(src):
+        if not os.path.isfile(src):
             raise ValueError(f"--init-from {cfg.init_from}: no params.pt there (is the run finished?)")
         meta["init_sha256"] = file_sha256(src)
     return meta
@@ -429,22 +506,66 @@ def run_settings(meta):
     return dict(config, runs=meta["runs"], init_sha256=meta.get("init_sha256", ""))
 
 
-def open_run_dir(out, meta):
-    """Make the run directory, or check that it holds this config; True if it is already finished."""
-    path = os.path.join(out, "config.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = run_settings(json.load(f))
-        new = run_settings(meta)
-        differ = sorted(k for k in new if old.get(k) != new[k])
-        if differ:
-            raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)} differ); "
-                             f"use another --out or the same settings")
-        if os.path.exists(os.path.join(out, "params.pt")):
-            return True
+def lock_run_dir(out):
+    """Make out and take its lock, so that one process at a time writes there; returns the lock's file descriptor.
+
+    The lock is the kernel's (flock): it goes away with the process that holds it, however that
+    process ends, so a writer that was killed leaves no lock behind.
+    """
     os.makedirs(out, exist_ok=True)
-    save_json(meta, path)
-    return False
+    fd = os.open(os.path.join(out, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is None:
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ValueError(f"{out} is being written by {holder}; wait for it to end, or use another --out") from None
+    before = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    if before:  # the previous writer ended without taking its name out: it was killed, or still is resumable
+        print(f"note: the last writer of {out} ({before}) ended without finishing; resuming", flush=True)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+    return fd
+
+
+def unlock_run_dir(out, fd):
+    """Release the lock of lock_run_dir, marking that this writer ended cleanly."""
+    os.ftruncate(fd, 0)
+    os.close(fd)
+
+
+def open_run_dir(out, meta):
+    """Check that out holds this config (or nothing yet) and write config.json; True if it is already finished."""
+    cfg_path, ck_path = os.path.join(out, "config.json"), os.path.join(out, "checkpoint.pt")
+    fix = f"delete {out} to start again, or use another --out"
+    if os.path.exists(cfg_path):
+        old = run_settings(load_json(cfg_path, fix))
+    elif os.path.exists(ck_path) or os.path.exists(os.path.join(out, "params.pt")):
+        # No config.json, but files of a run: only a checkpoint that records these very settings may go on.
+        old = load_checkpoint(ck_path, fix).get("settings", {}) if os.path.exists(ck_path) else {}
+        if old != run_settings(meta):
+            raise ValueError(f"{out} holds run files of unknown or other settings and no config.json; {fix}")
+        print(f"note: {cfg_path} was missing; written again from the checkpoint's matching settings", flush=True)
+    else:
+        old = run_settings(meta)
+    new = run_settings(meta)
+    differ = sorted(k for k in new if old.get(k) != new[k])
+    if differ:
+        raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)} differ); "
+                         f"use another --out or the same settings")
+    if not os.path.exists(cfg_path):
+        save_json(meta, cfg_path)
+    return os.path.exists(os.path.join(out, "params.pt"))
+
+
+def load_checkpoint(path, what_to_do):
+    """A checkpoint written by save_checkpoint, checked (one-line error if it is damaged)."""
+    ck = load_checked(path, lambda p: torch.load(p, map_location="cpu"), what_to_do)
+    if not isinstance(ck, dict) or not {"params", "state", "hist", "epoch"} <= set(ck):
+        raise ValueError(f"{path} is not a grok.py checkpoint; {what_to_do}")
+    return ck
 
 
 def load_init(run_dir, seeds, shapes):
@@ -456,13 +577,15 @@ def load_init(run_dir, seeds, shapes):
     path = os.path.join(run_dir, "params.pt")
     if not os.path.exists(path):
         raise ValueError(f"--init-from {run_dir}: no params.pt there (is the run finished?)")
-    src = torch.load(path, map_location="cpu")
+    fix = f"train the source again (rerun its grok.py command after deleting {path})"
+    src = load_checked(path, lambda p: torch.load(p, map_location="cpu"), fix)
+    if not isinstance(src, dict) or not torch.is_tensor(src.get("W_E")):
+        raise ValueError(f"{path} holds no grok.py parameters; {fix}")
     n_src = src["W_E"].shape[0]
     if n_src == 1:
         pick = [0] * len(seeds)
     else:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            src_seeds = json.load(f)["runs"]["seed"]
+        src_seeds = load_json(os.path.join(run_dir, "config.json"), fix)["runs"]["seed"]
         missing = sorted(set(seeds) - set(src_seeds))
         if missing or len(set(src_seeds)) != n_src:
             raise ValueError(f"--init-from {run_dir} holds {n_src} runs with seeds {sorted(src_seeds)}; each run "
@@ -476,6 +599,8 @@ def load_init(run_dir, seeds, shapes):
             got = None if t is None else tuple(t.shape[1:])
             raise ValueError(f"--init-from {run_dir} is a run of another shape: {name} is {got} per run, "
                              f"this run needs {shape}")
+        if not torch.isfinite(t[pick]).all():
+            raise ValueError(f"--init-from {run_dir}: {name} has non-finite values; a diverged run cannot start others")
         out[name] = t[pick].clone()  # [R, *shape]
     return out
 
@@ -489,19 +614,28 @@ def initial_params(runs, dims, init_from):
     return {n: torch.stack([p[n] for p in per_run]) for n in PARAM_SHAPES}
 
 
-def start_or_resume(out, runs, dims, init_from, device):
-    """Parameters, AdamW moments, history, first epoch and seconds trained so far: fresh, or from out's checkpoint."""
-    params = initial_params(runs, dims, init_from)
+def start_or_resume(out, settings, init, device):
+    """Parameters, AdamW moments, history, stopped runs, first epoch and seconds trained so far.
+
+    Fresh from init (the stacked starting parameters), or from out's checkpoint, which is used
+    only if it records the same settings (config.json alone could have been replaced).
+    """
+    params = {n: t.clone() for n, t in init.items()}
     state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}  # AdamW's m and v
-    hist, start, wall0 = new_history(), 0, 0.0
+    R = params["W_E"].shape[0]
+    hist, stops, start, wall0 = new_history(), dict(epoch=[-1] * R, reason=[""] * R), 0, 0.0
     ckpt_path = os.path.join(out, "checkpoint.pt")
     if os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, map_location="cpu")
+        ck = load_checkpoint(ckpt_path, f"delete it to restart {out} from its last snapshot-free start, or use another --out")
+        if ck.get("settings", settings) != settings:
+            raise ValueError(f"{ckpt_path} was written with other settings than {out}/config.json says; "
+                             f"delete the directory or use another --out")
         params, state, hist, start, wall0 = ck["params"], ck["state"], ck["hist"], ck["epoch"], ck["wall_s"]
+        stops = ck.get("stops", stops)
         print(f"resuming {out} from epoch {start}", flush=True)
     params = {n: t.to(device).requires_grad_() for n, t in params.items()}
     state = {k: {n: t.to(device) for n, t in s.items()} for k, s in state.items()}
-    return params, state, hist, start, wall0
+    return params, state, hist, stops, start, wall0
 
 
 def new_history():
@@ -509,12 +643,15 @@ def new_history():
     return {k: [] for k in ("epoch", "wall_s", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm")}
 
 
-def history_arrays(hist):
-    """The recorded metrics as arrays: epoch and wall_s [T], and each metric [R, T]."""
+def history_arrays(hist, stops):
+    """The recorded metrics as arrays: epoch and wall_s [T], each metric [R, T], and when and why runs stopped [R]."""
     out = {"epoch": np.array(hist["epoch"], dtype=np.int64), "wall_s": np.array(hist["wall_s"])}
     for k, v in hist.items():
         if k not in out:
             out[k] = torch.stack(v, dim=1).numpy() if v else np.zeros((0, 0))
+    # stop_epoch: the epoch whose state a run kept when it stopped early (-1: it trained to the end).
+    out["stop_epoch"] = np.array(stops["epoch"], dtype=np.int64)
+    out["stop_reason"] = np.array(stops["reason"], dtype=str)
     return out
 
 
@@ -532,11 +669,11 @@ def snapshot_epochs(epochs, snapshots):
     return set(logs.tolist()) | {0, epochs}
 
 
-def save_checkpoint(out, params, state, hist, epoch, wall_s):
-    """Everything needed to resume bit-identically, and the history so far (for plots mid-run)."""
-    save_torch(dict(params={n: t.detach() for n, t in params.items()}, state=state, hist=hist,
-                    epoch=epoch, wall_s=wall_s), os.path.join(out, "checkpoint.pt"))
-    save_npz(history_arrays(hist), os.path.join(out, "history.npz"))
+def save_checkpoint(out, params, state, hist, stops, epoch, wall_s, settings):
+    """Everything needed to resume bit-identically (with the settings it belongs to), and the history so far."""
+    save_torch(dict(params={n: t.detach() for n, t in params.items()}, state=state, hist=hist, stops=stops,
+                    epoch=epoch, wall_s=wall_s, settings=settings), os.path.join(out, "checkpoint.pt"))
+    save_npz(history_arrays(hist, stops), os.path.join(out, "history.npz"))
 
 
 def save_snapshot(out, params, epoch):
@@ -563,15 +700,43 @@ def progress_line(hist, epoch, epochs, rate):
             f"[{acc.min():.4f}, {acc.max():.4f}]")
 
 
-def check_finite(first_bad, runs, out):
-    """Stop with a clear error if any run's loss went non-finite; the last checkpoint is kept."""
-    bad = (first_bad >= 0).nonzero().flatten().tolist()
-    if bad:
-        r = bad[0]
-        raise FloatingPointError(
-            f"non-finite loss at epoch {int(first_bad[r])} in run {r} (seed={runs['seed'][r]}, "
-            f"D={runs['n_train'][r]}, wd={runs['wd'][r]}, lr={runs['lr'][r]}); "
-            f"stopped, last good checkpoint kept in {out}")
+class RunsDiverged(Exception):
+    """Some runs went non-finite: they were frozen at their last finite state and the others finished."""
+
+
+def freeze_diverged(out, params, state, hist, stops, first_bad, init):
+    """Freeze each still-training run whose loss or parameters went non-finite; returns the runs frozen now.
+
+    A frozen run keeps its last state known to be finite: the last checkpoint's, if its loss was
+    still finite there, else its starting state. Its records after that epoch are set to NaN (they
+    belong to the abandoned trajectory), and stops records the epoch and the reason.
+    """
+    with torch.no_grad():
+        finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in params.values()]).all(0)  # [R]
+    first_bad, finite = first_bad.tolist(), finite.tolist()  # the one read of the running flag
+    bad = [r for r in range(len(finite)) if stops["epoch"][r] < 0 and (first_bad[r] >= 0 or not finite[r])]
+    if not bad:
+        return []
+    ck_path = os.path.join(out, "checkpoint.pt")
+    ck = load_checkpoint(ck_path, "delete it and run again") if os.path.exists(ck_path) else None
+    for r in bad:
+        use_ck = ck is not None and (first_bad[r] < 0 or ck["epoch"] < first_bad[r])
+        back = ck["epoch"] if use_ck else 0
+        with torch.no_grad():
+            for n, t in params.items():
+                t[r] = (ck["params"][n][r] if use_ck else init[n][r]).to(t.device)
+                for k in ("m", "v"):
+                    state[k][n][r] = ck["state"][k][n][r].to(t.device) if use_ck else 0.0
+        stops["epoch"][r] = back
+        stops["reason"][r] = (f"diverged: non-finite loss at epoch {first_bad[r]}" if first_bad[r] >= 0
+                              else "diverged: non-finite parameters")
+        for i, e in enumerate(hist["epoch"]):
+            if e > back:
+                for k in hist:
+                    if k not in ("epoch", "wall_s"):
+                        hist[k][i][r] = float("nan")
+        print(f"run {r} {stops['reason'][r]}; frozen at its state of epoch {back}", flush=True)
+    return bad
 
 
 def train(cfg):
@@ -582,61 +747,99 @@ def train(cfg):
     device = resolve_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    # Everything is validated, and the --init-from source read, before the first byte is written.
     tokens, labels, runs, dims = describe(cfg)
     R, out = len(runs["seed"]), cfg.out
     meta = run_meta(cfg, runs, dims, len(labels), device)
+    init = initial_params(runs, dims, cfg.init_from)
     print(f"grok.py: {R} run(s) of {cfg.task} ({TASKS[cfg.task]}), p={cfg.p}, {cfg.fmt} format, "
           f"{len(labels)} pairs, on {device} ({torch.get_num_threads()} CPU threads)", flush=True)
-    if open_run_dir(out, meta):
-        print(f"{out} is already finished (params.pt exists); nothing to do", flush=True)
-        return out
+    lock = lock_run_dir(out)
+    try:
+        if open_run_dir(out, meta):
+            print(f"{out} is already finished (params.pt exists); nothing to do", flush=True)
+            report_stops(out, stops_of_finished(out))
+            return out
+        train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device)
+    finally:
+        unlock_run_dir(out, lock)
+    return out
 
+
+def stops_of_finished(out):
+    """The stopped runs recorded in a finished directory's history.npz."""
+    path = os.path.join(out, "history.npz")
+    h = load_checked(path, lambda p: dict(np.load(p)), f"delete {out} and train it again")
+    return dict(epoch=h.get("stop_epoch", np.array([])).tolist(), reason=h.get("stop_reason", np.array([])).tolist())
+
+
+def report_stops(out, stops):
+    """Raise RunsDiverged (one line) if any run of out diverged."""
+    bad = [r for r, why in enumerate(stops["reason"]) if why.startswith("diverged")]
+    if bad:
+        which = "; ".join(f"run {r}: {stops['reason'][r]}" for r in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        raise RunsDiverged(f"{len(bad)} of {len(stops['reason'])} run(s) of {out} diverged ({which}); each is frozen "
+                           f"at its last finite state and the others finished; history.npz has stop_epoch and stop_reason")
+
+
+def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
+    """The training loop over epochs: record, checkpoint, step; frozen runs leave the batch."""
+    R, settings = len(runs["seed"]), run_settings(meta)
     # Data: each run's training subset (and labels) and test set, on the device.
     train_idx, test_idx, train_labels = run_splits(runs, labels, dims["n_out"], cfg.random_labels)
     save_npz(dict(train_idx=train_idx, n_train=np.array(runs["n_train"]), train_labels=train_labels,
                   test_idx=test_idx), os.path.join(out, "train_idx.npz"))
-    batches = make_batches(runs["n_train"], tokens, train_idx, train_labels, cfg.pad_ratio, device)
-    test = eval_set(tokens, labels, test_idx, device)
+    train_set = eval_set(tokens, train_idx, torch.as_tensor(train_labels), device)
+    test_set = eval_set(tokens, test_idx, labels[torch.as_tensor(np.maximum(test_idx, 0))], device)
     lr = torch.tensor(runs["lr"], dtype=torch.float32, device=device)
     wd = torch.tensor(runs["wd"], dtype=torch.float32, device=device)
 
-    params, state, hist, start, wall0 = start_or_resume(out, runs, dims, cfg.init_from, device)
-
+    params, state, hist, stops, start, wall0 = start_or_resume(out, settings, init, device)
     records = record_epochs(cfg.epochs, cfg.log_every, cfg.log_points)
     snaps = snapshot_epochs(cfg.epochs, cfg.snapshots)
-    first_bad = torch.full((R,), -1, dtype=torch.long, device=device)  # epoch of each run's first non-finite loss
+    first_bad = torch.full((R,), -1, dtype=torch.long, device=device)  # each run's first non-finite loss, on the device
     t0 = time.perf_counter()
     wall = lambda: wall0 + time.perf_counter() - t0
+    active = None  # the runs still training, and their batches: rebuilt whenever a run stops
     for epoch in range(start, cfg.epochs + 1):
-        if epoch % cfg.ckpt_every == 0 and start < epoch < cfg.epochs:  # the end is saved after the loop
-            check_finite(first_bad, runs, out)  # never replace a good checkpoint with a broken one
-            save_checkpoint(out, params, state, hist, epoch, wall())
+        if epoch == cfg.epochs or (epoch % cfg.ckpt_every == 0 and epoch > start):
+            if freeze_diverged(out, params, state, hist, stops, first_bad, init):
+                active = None
+            if epoch < cfg.epochs:  # the end is saved after the loop
+                save_checkpoint(out, params, state, hist, stops, epoch, wall(), settings)
+        if active is None:
+            active = [r for r in range(R) if stops["epoch"][r] < 0]
+            batches = make_batches(runs["n_train"], tokens, train_idx, train_labels, cfg.pad_ratio, device, active)
+            step_lr = lr * torch.tensor([stops["epoch"][r] < 0 for r in range(R)], device=device)  # 0 when frozen
         if epoch in snaps:
             save_snapshot(out, params, epoch)
-        loss, logits = train_forward(params, batches)  # loss [R]: each run's mean over its own D
         if epoch in records:
-            test_loss, test_acc = evaluate(params, test)
-            record(hist, epoch, wall(), dict(train_loss=loss, train_acc=train_accuracy(logits, batches),
-                                             test_loss=test_loss, test_acc=test_acc, param_norm=param_norm(params)))
+            (train_loss, train_acc), (test_loss, test_acc) = evaluate(params, train_set), evaluate(params, test_set)
+            with torch.no_grad():  # the last epoch's loss is computed only here: it feeds the running flag too
+                first_bad = torch.where(~torch.isfinite(train_loss) & (first_bad < 0) & (step_lr > 0), epoch, first_bad)
+            record(hist, epoch, wall(), dict(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                                             test_acc=test_acc, param_norm=param_norm(params)))
             stop = cfg.stop_acc > 0 and bool((test_acc >= cfg.stop_acc).all())
             if epoch % cfg.print_every == 0 or epoch == cfg.epochs or stop:
                 print(progress_line(hist, epoch, cfg.epochs, (epoch - start) / max(wall() - wall0, 1e-9)), flush=True)
             if stop:
                 print(f"every run reached test accuracy {cfg.stop_acc}; stopping at epoch {epoch}", flush=True)
                 break
-        if epoch == cfg.epochs:
+        if epoch == cfg.epochs or not active:
             break
-        with torch.no_grad():
-            first_bad = torch.where(~torch.isfinite(loss) & (first_bad < 0), epoch, first_bad)
+        loss = train_forward(params, batches)  # [len(active)]: each active run's mean loss over its own D
+        with torch.no_grad():  # a running flag on the device: read only at checkpoints and at the end
+            idx = batches["active"]
+            first_bad[idx] = torch.where(~torch.isfinite(loss) & (first_bad[idx] < 0), epoch, first_bad[idx])
         grads = dict(zip(params, torch.autograd.grad(loss.sum(), list(params.values()))))
         with torch.no_grad():
-            adamw_step(params, grads, state, epoch + 1, lr, wd, cfg.beta1, cfg.beta2, cfg.eps)
+            adamw_step(params, grads, state, epoch + 1, step_lr, wd, cfg.beta1, cfg.beta2, cfg.eps)
 
-    check_finite(first_bad, runs, out)
-    save_checkpoint(out, params, state, hist, epoch, wall())
+    freeze_diverged(out, params, state, hist, stops, first_bad, init)
+    save_checkpoint(out, params, state, hist, stops, epoch, wall(), settings)
     save_torch({n: t.detach().cpu() for n, t in params.items()}, os.path.join(out, "params.pt"))  # last: "finished"
     print(f"done: {out} (epoch {epoch}, {time.perf_counter() - t0:.1f} s)", flush=True)
-    return out
+    report_stops(out, stops)
 
 
 # -----------------------------------------------------------------------------
@@ -751,64 +954,53 @@ def pad_groups(n_train, ratio):
     return groups
 
 
-def make_batches(n_train, tokens, train_idx, train_labels, pad_ratio, device, groups=None):
-    """The training set as batches of runs with similar D: each a dict of run selector, tokens, labels, weights."""
-    groups = groups or pad_groups(n_train, pad_ratio)
+def make_batches(n_train, tokens, train_idx, train_labels, pad_ratio, device, active, groups=None):
+    """The active runs' training sets as batches of runs with similar D (dicts of run selector, tokens,
+    labels, weights), and the active runs' positions, for putting their losses back in order."""
+    groups = groups or [[active[i] for i in g] for g in pad_groups([n_train[r] for r in active], pad_ratio)]
     batches = []
     for g in groups:
         n = max(n_train[r] for r in g)
         idx = train_idx[g, :n]  # [R_g, D_g], -1 = padding
         contiguous = g == list(range(g[0], g[-1] + 1))  # then the group takes views of the parameters
         batches.append(dict(
-            runs=g, sel=slice(g[0], g[-1] + 1) if contiguous else torch.tensor(g, device=device),
+            sel=slice(g[0], g[-1] + 1) if contiguous else torch.tensor(g, device=device),
             tokens=tokens[torch.as_tensor(np.maximum(idx, 0))].to(device),  # [R_g, D_g, n_ctx]
             labels=torch.as_tensor(train_labels[g, :n], device=device),  # [R_g, D_g]
             weight=torch.as_tensor((idx >= 0) / (idx >= 0).sum(1, keepdims=True), device=device)))  # mean over own D
-    order = np.concatenate(groups)
-    unsort = torch.as_tensor(np.argsort(order), device=device)
-    return dict(groups=batches, unsort=unsort)
+    order = [r for g in groups for r in g]  # the runs in the order train_forward meets them
+    unsort = torch.as_tensor(np.argsort(order), device=device)  # ... and back to the order of `active`
+    return dict(groups=batches, unsort=unsort, active=torch.as_tensor(sorted(order), device=device))
 
 
 def train_forward(params, batches):
-    """Each run's training loss [R] (a mean over its own D) and the logits of every group."""
-    losses, logits = [], []
-    for b in batches["groups"]:
-        logits.append(forward_last({n: t[b["sel"]] for n, t in params.items()}, b["tokens"]))  # [R_g, D_g, n_out]
-        losses.append(cross_entropy(logits[-1], b["labels"], b["weight"]))
-    return torch.cat(losses).index_select(0, batches["unsort"]), logits
+    """Each active run's training loss (a mean over its own D), in the order of the active runs: [A]."""
+    losses = [cross_entropy(forward_last({n: t[b["sel"]] for n, t in params.items()}, b["tokens"]), b["labels"], b["weight"])
+              for b in batches["groups"]]
+    return torch.cat(losses).index_select(0, batches["unsort"])
 
 
-@torch.no_grad()
-def train_accuracy(logits, batches):
-    """Each run's training accuracy [R] from train_forward's logits."""
-    acc = [((lg.argmax(-1) == b["labels"]) & (b["weight"] > 0)).sum(-1) / (b["weight"] > 0).sum(-1)
-           for lg, b in zip(logits, batches["groups"])]
-    return torch.cat(acc).index_select(0, batches["unsort"]).double()
-
-
-def eval_set(tokens, labels, test_idx, device):
-    """Each run's test inputs, labels and mask [R, M], and how many runs to evaluate at once."""
-    idx = np.maximum(test_idx, 0)
+def eval_set(tokens, idx, labels, device):
+    """Each run's examples (idx [R, M], -1 = padding) as inputs, labels [R, M] and mask, and how many runs to evaluate at once."""
     # Runs are evaluated a few at a time, so that memory stays bounded for many runs: at most
     # 2^24 floats of activations per slice on a CPU (2^27 on a GPU, which prefers big batches).
     limit = 2 ** (27 if device.type == "cuda" else 24)
-    per_run = test_idx.shape[1] * 1024  # d_mlp + n_out activations per input, rounded up
-    idx = torch.as_tensor(idx)
-    return dict(tokens=tokens[idx].to(device), labels=labels[idx].to(device),
-                mask=torch.as_tensor(test_idx >= 0, device=device), runs_at_once=max(1, limit // per_run))
+    per_run = idx.shape[1] * 1024  # d_mlp + n_out activations per input, rounded up
+    return dict(tokens=tokens[torch.as_tensor(np.maximum(idx, 0))].to(device), labels=labels.to(device),
+                mask=torch.as_tensor(idx >= 0, device=device), runs_at_once=max(1, limit // per_run))
 
 
 @torch.no_grad()
-def evaluate(params, test):
-    """Mean loss and accuracy of each run over its own test set: two [R] float64 tensors."""
+def evaluate(params, examples):
+    """Mean loss and accuracy of each run over its own examples (an eval_set): two [R] float64 tensors."""
     loss, correct = [], []
-    R, step = test["tokens"].shape[0], test["runs_at_once"]
+    R, step = examples["tokens"].shape[0], examples["runs_at_once"]
     for s in range(0, R, step):
         sl = slice(s, s + step)
-        logits = forward_last_folded({n: t[sl] for n, t in params.items()}, test["tokens"][sl])  # [r, M, n_out]
-        mask = test["mask"][sl]
-        loss.append(cross_entropy(logits, test["labels"][sl], mask / mask.sum(-1, keepdim=True)))
-        correct.append(((logits.argmax(-1) == test["labels"][sl]) & mask).sum(-1) / mask.sum(-1))
+        logits = forward_last_folded({n: t[sl] for n, t in params.items()}, examples["tokens"][sl])  # [r, M, n_out]
+        labels, mask = examples["labels"][sl], examples["mask"][sl]
+        loss.append(cross_entropy(logits, labels, mask / mask.sum(-1, keepdim=True)))
+        correct.append(((logits.argmax(-1) == labels) & mask).sum(-1) / mask.sum(-1))
     return torch.cat(loss), torch.cat(correct).double()
 
 
@@ -879,7 +1071,7 @@ def fast_steps(params, cfg, batches, runs, test):
     step = [0]
 
     def train_step():
-        loss, _ = train_forward(params, batches)
+        loss = train_forward(params, batches)
         grads = dict(zip(params, torch.autograd.grad(loss.sum(), list(params.values()))))
         step[0] += 1
         with torch.no_grad():
@@ -895,7 +1087,7 @@ def bench(cfg):
     tokens, labels, runs, dims = describe(cfg)
     R = len(runs["seed"])
     train_idx, test_idx, train_labels = run_splits(runs, labels, dims["n_out"], cfg.random_labels)
-    test = eval_set(tokens, labels, test_idx, device)
+    test = eval_set(tokens, test_idx, labels[torch.as_tensor(np.maximum(test_idx, 0))], device)
     params = {n: t.to(device).requires_grad_() for n, t in initial_params(runs, dims, "").items()}
     if cfg.bench_impl == "reference":
         idx = torch.as_tensor(np.maximum(train_idx, 0))
@@ -905,7 +1097,8 @@ def bench(cfg):
     else:
         # "serial": every run in a batch of its own, and evaluated alone: the runs one by one.
         groups = [[r] for r in range(R)] if cfg.bench_impl == "serial" else None
-        batches = make_batches(runs["n_train"], tokens, train_idx, train_labels, cfg.pad_ratio, device, groups)
+        batches = make_batches(runs["n_train"], tokens, train_idx, train_labels, cfg.pad_ratio, device, list(range(R)),
+                               groups)
         if cfg.bench_impl == "serial":
             test["runs_at_once"] = 1
         steps = fast_steps(params, cfg, batches, runs, test)
@@ -975,13 +1168,20 @@ def config_from_args(argv):
 
 
 def main(argv=None):
-    """Entry point: one-line errors for bad input, exit code 2."""
+    """Entry point. Exit codes: 0 done, 1 a file could not be written, 2 bad input (or a directory
+    that cannot be used as asked), 3 some runs diverged (frozen; the others finished). Each error is one line."""
     keep_freed_memory()
     try:
         train(config_from_args(argv))
-    except (ValueError, FloatingPointError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except RunsDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except OSError as e:
+        print(f"error: {e.strerror or e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,17 @@
 #
 # Writes out/<profile>/: fig*.png named after the paper's figures, results.md (each claim's
 # test, its numbers and verdict, computed from the runs), runs/ (grok.py run directories) and
-# logs/ (one log per stage). A stage whose outputs exist is skipped; an interrupted stage
-# resumes from its checkpoints when run again. Set OUT=dir to write elsewhere.
+# logs/ (one log per stage). A finished stage is skipped; an interrupted stage runs again and
+# resumes its runs from their checkpoints. Set OUT=dir to write elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")"
 
+if [ $# -gt 2 ]; then
+  echo "error: too many arguments ($*); usage: ./reproduce.sh [PROFILE [STAGE]]" >&2; exit 2
+fi
+if { [ $# -ge 1 ] && [ -z "$1" ]; } || { [ $# -ge 2 ] && [ -z "$2" ]; }; then
+  echo "error: an empty argument; usage: ./reproduce.sh [PROFILE [STAGE]], e.g. ./reproduce.sh quick fig4" >&2; exit 2
+fi
 PROFILE="${1:-quick}"
 ONLY="${2:-all}"
 case "$PROFILE" in
@@ -28,11 +34,12 @@ OUT="${OUT:-out/$PROFILE}"
 THREADS="${THREADS:-0}"      # CPU threads for torch (0 = all cores)
 RUNS="$OUT/runs"
 LOGS="$OUT/logs"
-mkdir -p "$RUNS" "$LOGS"
 
 # ---- Setup: a virtual environment from requirements.txt (reused when it is already there).
-# PYTHON=/path/to/python skips it and uses that interpreter (the tests do this).
-if [ -n "${PYTHON:-}" ]; then
+# PYTHON=/path/to/python skips it and uses that interpreter (the tests do this). `list` needs none.
+if [ "$ONLY" = list ]; then
+  PY=true
+elif [ -n "${PYTHON:-}" ]; then
   PY="$PYTHON"
 else
   if [ ! -x .venv/bin/python ]; then
@@ -119,12 +126,16 @@ else
   EXPECT_fig2=10 EXPECT_fig1a=0 EXPECT_fig4=0 EXPECT_fig3=0 EXPECT_fig5=0 EXPECT_fig8=0 EXPECT_report=5
 fi
 
-# ---- Stage runner: skip when done, keep a log, show an ETA, name the failed stage and its log
-stage() {  # stage NAME "what it runs" DONE_FILE FUNCTION
-  local name="$1" what="$2" done_file="$3" fn="$4"
+# ---- Stage runner: skip when done, keep a log, show an ETA, name the failed stage and its log.
+# A stage is done when its marker $OUT/.done_NAME exists; the marker is written only after the
+# stage's last command has succeeded, so an interrupted stage runs again (and resumes its runs).
+stage() {  # stage NAME "what it runs" FUNCTION [always]
+  local name="$1" what="$2" fn="$3" always="${4:-}"
   if [ "$ONLY" = list ]; then printf '  %-8s %s\n' "$name" "$what"; return 0; fi
   if [ "$ONLY" != all ] && [ "$ONLY" != "$name" ]; then return 0; fi
-  if [ -e "$done_file" ]; then echo "[$name] done already ($done_file); skipped"; return 0; fi
+  local marker="$OUT/.done_$name"
+  if [ -z "$always" ] && [ -e "$marker" ]; then echo "[$name] done already ($marker); skipped"; return 0; fi
+  mkdir -p "$RUNS" "$LOGS"
   local log="$LOGS/$name.log" t0=$SECONDS expect="EXPECT_$name"
   local eta="${!expect:-0}"
   if [ "$eta" -gt 0 ]; then eta="about $(( (eta + 59) / 60 )) min on a 2-core CPU"; else eta="time not measured yet"; fi
@@ -141,6 +152,7 @@ stage() {  # stage NAME "what it runs" DONE_FILE FUNCTION
     tail -n 5 "$log" >&2
     exit 1
   fi
+  [ -n "$always" ] || : >"$marker"
   echo "[$name] finished in $((SECONDS - t0)) s"
   echo "$name $((SECONDS - t0))" >>"$OUT/stage_times.txt"
 }
@@ -226,12 +238,12 @@ run_report() {  # results.md: every claim's test computed from the saved runs
 
 # ---- The pipeline
 [ "$ONLY" = list ] && echo "stages of the $PROFILE profile:"
-stage fig2   "toy model: Fig. 2, Theorem D.4, phase picture (toy_sim.py)" "$OUT/fig2_toy.png" run_fig2
-stage fig1a  "grokking run, Fig. 1a, Fig. 9, progress measures"          "$OUT/fig1a_grokking.png" run_fig1a
-stage fig4   "ungrokking sweep: Fig. 4, Fig. 7, Fig. 10, Fig. 1b"        "$OUT/fig4_ungrokking.png" run_fig4
-stage fig3   "efficiency of C_mem and C_gen: Fig. 3 (P1)"              "$OUT/fig3_efficiency.png" run_fig3
-stage fig5   "semi-grokking sweep: Fig. 5, Fig. 6, Fig. 1c (P4)"          "$OUT/fig5_semi_grokking.png" run_fig5
-stage fig8   "ungrokking on other tasks: Fig. 8"                          "$OUT/fig8_ungrokking_tasks.png" run_fig8
-stage report "results.md from the saved runs"                            "$OUT/.report_never_skipped" run_report
+stage fig2   "toy model: Fig. 2, Theorem D.4, phase picture (toy_sim.py)" run_fig2
+stage fig1a  "grokking run, Fig. 1a, Fig. 9, progress measures"          run_fig1a
+stage fig4   "ungrokking sweep: Fig. 4, Fig. 7, Fig. 10, Fig. 1b"        run_fig4
+stage fig3   "efficiency of C_mem and C_gen: Fig. 3 (P1)"              run_fig3
+stage fig5   "semi-grokking sweep: Fig. 5, Fig. 6, Fig. 1c (P4)"          run_fig5
+stage fig8   "ungrokking on other tasks: Fig. 8"                          run_fig8
+stage report "results.md from the saved runs (always run again)"          run_report always
 [ "$ONLY" = list ] && exit 0
 echo "done: figures and results.md in $OUT"

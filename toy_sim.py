@@ -262,8 +262,21 @@ def run_configs(cfgs):
         raise ValueError(f"presets run together must share steps, got {sorted(steps)}")
     col = lambda name: np.array([getattr(c, name) for c in cfgs], dtype=float)  # noqa: E731
     w0 = np.stack([col("w_g1_0"), col("w_g2_0"), col("w_m1_0"), col("w_m2_0")])
-    return simulate(col("P_g"), col("P_m"), col("kappa"), col("alpha"), w0, col("q"), col("lr"),
-                    cfgs[0].steps, col("switch_step").astype(int), col("P_m_after"), record=True)
+    with np.errstate(over="ignore", invalid="ignore"):  # a blow-up is reported below, in one line
+        curves = simulate(col("P_g"), col("P_m"), col("kappa"), col("alpha"), w0, col("q"), col("lr"),
+                          cfgs[0].steps, col("switch_step").astype(int), col("P_m_after"), record=True)
+    check_finite_curves(curves, [f"lr={c.lr:g}, alpha={c.alpha:g}, kappa={c.kappa:g}" for c in cfgs])
+    return curves
+
+
+def check_finite_curves(curves, labels):
+    """Raise a one-line ValueError naming the first simulation (by label) and step that went non-finite."""
+    for i, label in enumerate(labels):
+        bad = ~np.isfinite(np.stack([curves[k][:, i] for k in ("train", "test", "w_G", "w_M")]))
+        if bad.any():
+            step = int(np.nonzero(bad.any(axis=0))[0][0])
+            raise ValueError(f"the simulation ({label}) went non-finite at step {step}: gradient descent diverged; "
+                             f"use a smaller --lr (or --alpha)")
 
 
 def half_peak_step(curve):
@@ -306,7 +319,13 @@ def phase_grid(P_m, ratios, kappas, alpha, w0, q, lr, steps):
     R, K = np.meshgrid(ratios, kappas)  # rows: kappa, columns: P_g/P_m
     n = R.size
     w0 = np.repeat(np.asarray(w0, dtype=float)[:, None], n, axis=1)
-    fin = simulate(R.ravel() * P_m, P_m, K.ravel(), alpha, w0, q, lr, steps, record=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        fin = simulate(R.ravel() * P_m, P_m, K.ravel(), alpha, w0, q, lr, steps, record=False)
+    bad = ~np.isfinite(fin["test"])
+    if bad.any():
+        i = int(np.nonzero(bad)[0][0])
+        raise ValueError(f"the phase picture's simulation at P_g/P_m={R.ravel()[i]:g}, kappa={K.ravel()[i]:g} went "
+                         f"non-finite (lr={lr:g}, alpha={alpha:g}): gradient descent diverged; use a smaller --lr")
     shape = R.shape
     return {"ratio": np.asarray(ratios), "kappa": np.asarray(kappas), "test": fin["test"].reshape(shape),
             "w_G": fin["w_G"].reshape(shape), "w_M": fin["w_M"].reshape(shape), "steps": steps}
@@ -346,7 +365,8 @@ def check_theorem_args(P, kappas, norm_q, alpha, q, lr, steps):
 
 
 def minimise_eq6(P, kappas, norm_q, alpha, q, lr, steps):
-    """Return the (len(kappas), I) weights minimising Eq. 6 over w >= 0, by projected gradient descent."""
+    """Return the (len(kappas), I) weights minimising Eq. 6 over w >= 0, by projected gradient descent,
+    and how far (relative) its last step moved them."""
     check_theorem_args(P, kappas, norm_q, alpha, q, lr, steps)
     P = np.asarray(P, dtype=float)[None, :]
     kap = np.asarray(kappas, dtype=float)[:, None]
@@ -361,8 +381,10 @@ def minimise_eq6(P, kappas, norm_q, alpha, q, lr, steps):
         # (the value just computed, since 1^0 = 1), +inf if q/kappa < 1.
         slope = np.where(pos, slope, np.where(e > 0, 0.0, np.where(e == 0, slope, np.inf)))
         # An infinite slope sends w - lr*inf to -inf, which the projection max(0, .) maps to 0.
-        w = np.maximum(0.0, w - lr * (dce + slope))
-    return w
+        w, before = np.maximum(0.0, w - lr * (dce + slope)), w
+    # How far the last step moved the weights, relative to their size: ~0 once converged.
+    last_move = float(np.max(np.abs(w - before)) / max(np.max(np.abs(w)), 1e-300)) if steps else np.inf
+    return w, last_move
 
 
 def fit_exponent(P, w):
@@ -374,7 +396,15 @@ def fit_exponent(P, w):
 
 def theorem_d4(P, kappas, norm_q, alpha, q, lr, steps):
     """Return the numerical Eq. 6 minimisers with fitted and predicted exponents and best-circuit shares."""
-    w = minimise_eq6(P, kappas, norm_q, alpha, q, lr, steps)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        w, last_move = minimise_eq6(P, kappas, norm_q, alpha, q, lr, steps)
+    # A minimiser that has not settled (or has blown up) would be reported as the theorem's answer.
+    # Settled runs here move by at most ~1e-5 of their size per step (a slow creep of the best
+    # circuit's weight); one that oscillates or blows up moves by O(1).
+    if not np.all(np.isfinite(w)) or not last_move <= 1e-4:
+        raise ValueError(f"the minimisation of Eq. 6 did not converge (thm_lr={lr:g}, thm_steps={steps}: the last "
+                         f"step moved the weights by {last_move:.2g} of their size, finite: {bool(np.all(np.isfinite(w)))}); "
+                         f"use a smaller --thm-lr or more --thm-steps")
     kappas = np.asarray(kappas, dtype=float)
     P = np.asarray(P, dtype=float)
     fitted = np.array([fit_exponent(P, wi) if k < norm_q else np.nan for k, wi in zip(kappas, w)])

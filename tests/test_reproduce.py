@@ -208,8 +208,9 @@ def test_second_run_skips_finished_stages(tiny):
 def test_interrupted_stage_resumes_from_checkpoints(tiny):
     out, _ = tiny
     # As if killed during the fig4 stage: the second sweep has a checkpoint but no params.pt,
-    # and the stage's figures were never drawn.
+    # and the stage's figures and its done marker were never written.
     (out / "fig4_ungrokking.png").unlink()
+    (out / ".done_fig4").unlink()
     (out / "runs" / "ungrok_wd2" / "params.pt").unlink()
     code, log = repro(out, "tiny", "fig4")
     assert code == 0, log
@@ -222,15 +223,17 @@ def test_interrupted_stage_resumes_from_checkpoints(tiny):
 def test_failing_command_inside_a_stage_fails_the_stage(tiny):
     out, _ = tiny
     # The second sweep's directory now holds other settings: its grok.py command fails midway
-    # through the stage, after the first sweep succeeded. The stage, and the script, must fail.
+    # through the stage, after the first sweep succeeded. The stage, and the script, must fail,
+    # and the stage must not be marked done.
     (out / "fig4_ungrokking.png").unlink()
+    (out / ".done_fig4").unlink()
     cfg = out / "runs" / "ungrok_wd2" / "config.json"
     saved = json.loads(cfg.read_text())
     saved["runs"]["lr"] = [0.5 for _ in saved["runs"]["lr"]]
     cfg.write_text(json.dumps(saved))
     code, log = repro(out, "tiny", "fig4")
     assert code == 1 and "stage 'fig4' failed" in log, log
-    assert not (out / "fig4_ungrokking.png").exists()
+    assert not (out / "fig4_ungrokking.png").exists() and not (out / ".done_fig4").exists()
 
 
 def test_failed_stage_names_itself_and_its_log(tmp_path):
@@ -244,7 +247,21 @@ def test_failed_stage_names_itself_and_its_log(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [(("fast",), "unknown profile 'fast'"),
-                                           (("tiny", "fig99"), "unknown stage 'fig99'")])
+                                           (("tiny", "fig99"), "unknown stage 'fig99'"),
+                                           (("",), "an empty argument"),
+                                           (("tiny", ""), "an empty argument"),
+                                           (("tiny", "fig4", "extra"), "too many arguments")])
 def test_bad_profile_or_stage(tmp_path, args, message):
     code, log = repro(tmp_path / "x", *args)
-    assert code == 2 and message in log, log
+    assert code == 2 and message in log and log.count("\n") == 1, log
+    assert not (tmp_path / "x").exists(), "a refused command created its output folder"
+
+
+def test_list_touches_nothing(tmp_path):
+    env = dict(os.environ, OUT=str(tmp_path / "x"))
+    env.pop("PYTHON", None)  # without PYTHON, anything but `list` would create .venv
+    venv_before = os.path.exists(os.path.join(ROOT, ".venv"))
+    r = subprocess.run(["bash", os.path.join(ROOT, "reproduce.sh"), "quick", "list"], capture_output=True, text=True,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 0 and "fig4" in r.stdout and "report" in r.stdout, r.stdout + r.stderr
+    assert not (tmp_path / "x").exists() and os.path.exists(os.path.join(ROOT, ".venv")) == venv_before

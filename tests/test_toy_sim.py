@@ -258,11 +258,14 @@ def test_bad_simulate_args_raise():
 
 @pytest.mark.parametrize("flags,word", [(["--kappa", "0"], "kappa"), (["--q", "2"], "q"),
                                          (["--P-g", "-1"], "P_g"), (["--P_g", "-1"], "P_g"),
-                                         (["--lr", "abc"], "lr"), (["--no-such-flag"], "unrecognized")])
+                                         (["--lr", "abc"], "lr"), (["--no-such-flag"], "unrecognized"),
+                                         (["--lr", "10"], "went non-finite at step"),
+                                         (["--phase", "--lr", "10", "--phase-n", "4"], "went non-finite"),
+                                         (["--theorem", "--thm-lr", "1e9"], "did not converge")])
 def test_command_line_bad_input_prints_error_and_exits_nonzero(flags, word):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, os.path.join(ROOT, "toy_sim.py"), *flags],
                        capture_output=True, text=True, cwd=ROOT, env=env)
     err = p.stderr.strip()
-    assert p.returncode != 0 and err.startswith("error:") and word in err and "Traceback" not in err \
+    assert p.returncode == 2 and err.startswith("error:") and word in err and "Traceback" not in err \
         and len(err.splitlines()) == 1, f"rc={p.returncode} stderr={err!r}"
