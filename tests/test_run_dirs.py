@@ -288,3 +288,26 @@ def test_one_diverging_run_in_a_batch_leaves_the_others_alone(tmp_path):
     assert np.isfinite(h["test_loss"][0]).all() and all(torch.isfinite(v[1]).all() for v in batch.values())
     frozen = torch.load(tmp_path / "batch" / "checkpoint.pt")["params"]
     assert all(torch.equal(frozen[k][1], batch[k][1]) for k in batch)
+
+
+# -----------------------------------------------------------------------------
+# analysis.py reads the same files: a damaged one is one line naming it
+
+
+@pytest.mark.parametrize("name", ["history.npz", "train_idx.npz", "params.pt", "snapshots/epoch_00000030.pt",
+                                  "config.json"])
+def test_analysis_names_a_damaged_file(tmp_path, name):
+    grok.train(small_cfg(tmp_path / "run", train="60", snapshots=3))
+    truncate(tmp_path / "run" / name)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "analysis.py"), str(tmp_path / "run"), "--out",
+                        str(tmp_path / "a")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {tmp_path / 'run' / name} is damaged") \
+        and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_analysis_refuses_a_directory_whose_runs_all_diverged(tmp_path):
+    with pytest.raises(grok.RunsDiverged):
+        grok.train(small_cfg(tmp_path / "run", epochs=3, lr="100"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "analysis.py"), str(tmp_path / "run"), "--final-only",
+                        "--out", str(tmp_path / "a")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "every run diverged" in r.stderr and r.stderr.count("\n") == 1, r.stderr
