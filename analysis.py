@@ -33,8 +33,6 @@ The experiment figures and results.md read only run histories, so they work for 
 Tests: python -m pytest -q tests/test_analysis.py
 """
 import argparse
-import dataclasses
-import json
 import math
 import os
 import sys

@@ -77,6 +77,10 @@ class Config:
     ckpt_every: int = 1000  # checkpoint every k epochs: a kill loses at most this many
     snapshots: int = 0  # parameter snapshots at this many log-spaced epochs (0 = none); analysis.py reads them
     stop_acc: float = 0.0  # stop once every run's test accuracy reaches this (0 = run all epochs)
+    converge_window: float = 0.0  # stop each run once converged over this last fraction of its epochs (0 = never); Sec. 5.2 compares test accuracy "at convergence"
+    converge_acc: float = 0.005  # converged: test accuracy moved by at most this over the window ...
+    converge_norm: float = 0.005  # ... and the parameter norm by at most this fraction of itself (it falls for as long as weight decay still trades circuits)
+    converge_span: int = 1000  # ... where the window spans at least this many epochs (early on, a short quiet stretch is not convergence)
     out: str = "runs/default"  # run directory
     device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
     threads: int = 0  # CPU threads for torch (0 = torch's default, every core)
@@ -200,10 +204,14 @@ def run_splits(runs, labels_all, n_out, random_labels):
 
 
 # -----------------------------------------------------------------------------
-# The model: a 1-layer decoder-only transformer without LayerNorm (App. A; Nanda et al.)
-# App. A: "we use decoder-only transformers with learned positional embeddings, a single
-# layer, 4 attention heads ... d_model = 128 ... d_mlp = 512 ... ReLU ... no LayerNorm ...
-# untied embed and unembed matrices".
+# The model: a 1-layer decoder-only transformer (App. A)
+# App. A: "For all our experiments, we use 1-layer decoder-only transformer networks (Vaswani et
+# al., 2017) with learned positional embeddings, untied embeddings/unembeddings ... d_model = 128
+# is the residual stream width, d_head = 32 is the size of the query, key, and value vectors for
+# each attention head, d_mlp = 512 is the number of neurons in the hidden layer of the MLP, and we
+# have d_model/d_head = 4 heads per self-attention layer."
+# The paper names neither the MLP's activation nor any normalisation. We read it as the model of
+# Nanda et al. (2023), whose sizes these are: a ReLU MLP with biases, and no LayerNorm.
 
 PARAM_SHAPES = {  # weight names as in TransformerLens; a leading run axis R is added to each
     "W_E": ("d_vocab", "d_model"), "W_pos": ("n_ctx", "d_model"),
@@ -441,11 +449,14 @@ def check_config(cfg):
         raise ValueError(f"--snapshots must be >= 0, got {cfg.snapshots}")
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1 and cfg.eps > 0):
         raise ValueError("AdamW needs 0 <= beta1, beta2 < 1 and eps > 0")
+    if not (0.0 <= cfg.converge_window < 1.0 and cfg.converge_acc >= 0 and cfg.converge_norm >= 0
+            and cfg.converge_span >= 1):
+        raise ValueError("--converge-window must be in [0, 1), --converge-acc and --converge-norm >= 0, --converge-span >= 1")
     if not 0.0 <= cfg.stop_acc <= 1.0:
         raise ValueError(f"--stop-acc must be in [0, 1], got {cfg.stop_acc}")
     if not cfg.pad_ratio >= 1.0:
         raise ValueError(f"--pad-ratio must be >= 1 (1 = only equal D share a batch), got {cfg.pad_ratio}")
-    for name in ("beta1", "beta2", "eps", "stop_acc", "pad_ratio"):
+    for name in ("beta1", "beta2", "eps", "stop_acc", "pad_ratio", "converge_window", "converge_acc", "converge_norm"):
         if not math.isfinite(getattr(cfg, name)):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)}")
     if cfg.task.startswith("s5_") and cfg.p != Config.p:
@@ -739,6 +750,31 @@ def freeze_diverged(out, params, state, hist, stops, first_bad, init):
     return bad
 
 
+def stop_converged(hist, stops, window, max_acc, max_norm, min_span):
+    """Stop each still-training run that has converged by the last record; returns the runs stopped now.
+
+    Converged: over the records of the last `window` fraction of the epochs so far, a stretch of at
+    least min_span epochs and three records, the test accuracy moved by at most max_acc and the
+    parameter norm by at most max_norm of itself. The norm condition keeps a run on its plateau
+    before grokking going: there test accuracy barely moves, but weight decay is still shrinking
+    the norm. The span keeps the first epochs, where little has happened yet, from counting.
+    """
+    epochs = np.array(hist["epoch"])
+    now = int(epochs[-1])
+    sel = epochs >= (1 - window) * now
+    if sel.sum() < 3 or now - epochs[sel][0] < min_span:
+        return []
+    acc = torch.stack(hist["test_acc"], dim=1).numpy()[:, sel]  # [R, records in the window]
+    norm = torch.stack(hist["param_norm"], dim=1).numpy()[:, sel]
+    moved_acc, moved_norm = np.ptp(acc, axis=1), np.ptp(norm, axis=1) / norm.max(axis=1)
+    done = [r for r in range(len(acc)) if stops["epoch"][r] < 0 and moved_acc[r] <= max_acc and moved_norm[r] <= max_norm]
+    for r in done:
+        stops["epoch"][r] = now
+        stops["reason"][r] = (f"converged: over epochs {int(epochs[sel][0])}-{now} test accuracy moved "
+                              f"{moved_acc[r]:.4f} <= {max_acc:g} and parameter norm {moved_norm[r]:.4f} <= {max_norm:g}")
+    return done
+
+
 def train(cfg):
     """Train the runs of cfg, or resume them from their checkpoint; returns the run directory."""
     check_config(cfg)
@@ -783,7 +819,7 @@ def report_stops(out, stops):
 
 
 def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
-    """The training loop over epochs: record, checkpoint, step; frozen runs leave the batch."""
+    """The training loop over epochs: checkpoint, record, step; a run that stops (diverged or converged) leaves the batch."""
     R, settings = len(runs["seed"]), run_settings(meta)
     # Data: each run's training subset (and labels) and test set, on the device.
     train_idx, test_idx, train_labels = run_splits(runs, labels, dims["n_out"], cfg.random_labels)
@@ -800,33 +836,37 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
     first_bad = torch.full((R,), -1, dtype=torch.long, device=device)  # each run's first non-finite loss, on the device
     t0 = time.perf_counter()
     wall = lambda: wall0 + time.perf_counter() - t0
-    active = None  # the runs still training, and their batches: rebuilt whenever a run stops
+    batches = None  # the training runs' batches: rebuilt whenever a run stops (diverged or converged)
     for epoch in range(start, cfg.epochs + 1):
         if epoch == cfg.epochs or (epoch % cfg.ckpt_every == 0 and epoch > start):
             if freeze_diverged(out, params, state, hist, stops, first_bad, init):
-                active = None
+                batches = None
             if epoch < cfg.epochs:  # the end is saved after the loop
                 save_checkpoint(out, params, state, hist, stops, epoch, wall(), settings)
-        if active is None:
-            active = [r for r in range(R) if stops["epoch"][r] < 0]
-            batches = make_batches(runs["n_train"], tokens, train_idx, train_labels, cfg.pad_ratio, device, active)
-            step_lr = lr * torch.tensor([stops["epoch"][r] < 0 for r in range(R)], device=device)  # 0 when frozen
         if epoch in snaps:
             save_snapshot(out, params, epoch)
         if epoch in records:
             (train_loss, train_acc), (test_loss, test_acc) = evaluate(params, train_set), evaluate(params, test_set)
             with torch.no_grad():  # the last epoch's loss is computed only here: it feeds the running flag too
-                first_bad = torch.where(~torch.isfinite(train_loss) & (first_bad < 0) & (step_lr > 0), epoch, first_bad)
+                training = torch.tensor([e < 0 for e in stops["epoch"]], device=device)
+                first_bad = torch.where(~torch.isfinite(train_loss) & (first_bad < 0) & training, epoch, first_bad)
             record(hist, epoch, wall(), dict(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
                                              test_acc=test_acc, param_norm=param_norm(params)))
+            if cfg.converge_window > 0 and stop_converged(hist, stops, cfg.converge_window, cfg.converge_acc,
+                                                           cfg.converge_norm, cfg.converge_span):
+                batches = None
             stop = cfg.stop_acc > 0 and bool((test_acc >= cfg.stop_acc).all())
             if epoch % cfg.print_every == 0 or epoch == cfg.epochs or stop:
                 print(progress_line(hist, epoch, cfg.epochs, (epoch - start) / max(wall() - wall0, 1e-9)), flush=True)
             if stop:
                 print(f"every run reached test accuracy {cfg.stop_acc}; stopping at epoch {epoch}", flush=True)
                 break
+        active = [r for r in range(R) if stops["epoch"][r] < 0]  # the runs still training
         if epoch == cfg.epochs or not active:
             break
+        if batches is None:
+            batches = make_batches(runs["n_train"], tokens, train_idx, train_labels, cfg.pad_ratio, device, active)
+            step_lr = lr * torch.tensor([e < 0 for e in stops["epoch"]], device=device)  # 0: a stopped run stays put
         loss = train_forward(params, batches)  # [len(active)]: each active run's mean loss over its own D
         with torch.no_grad():  # a running flag on the device: read only at checkpoints and at the end
             idx = batches["active"]
@@ -834,6 +874,8 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
         grads = dict(zip(params, torch.autograd.grad(loss.sum(), list(params.values()))))
         with torch.no_grad():
             adamw_step(params, grads, state, epoch + 1, step_lr, wd, cfg.beta1, cfg.beta2, cfg.eps)
+    if not any(e < 0 for e in stops["epoch"]):
+        print(f"every run has stopped (converged or diverged); stopping at epoch {epoch}", flush=True)
 
     freeze_diverged(out, params, state, hist, stops, first_bad, init)
     save_checkpoint(out, params, state, hist, stops, epoch, wall(), settings)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # reproduce.sh: the paper's figures and a results report, from a fresh clone.
 #
-#   ./reproduce.sh                  quick profile: about 52 min on a 2-core CPU, no GPU (stage times in README.md)
+#   ./reproduce.sh                  quick profile: about 37 min on a 2-core CPU, no GPU (stage times in README.md)
 #   ./reproduce.sh paper            paper profile: one GPU, the paper's sizes as far as one GPU allows
 #   ./reproduce.sh quick fig4       one stage of a profile (stages are named after the figures)
 #   ./reproduce.sh quick list       the stages, with what each one runs
@@ -96,7 +96,7 @@ elif [ "$PROFILE" = quick ]; then
   FIG8_SIZES=40,65,100,170,280,460,760,1250
   FIG8_WDS="1 3"
   FIG8_DECAY=2              # 2000 epochs at wd=1, 667 at wd=3
-  EXPECT_fig2=10 EXPECT_fig1a=370 EXPECT_fig4=840 EXPECT_fig3=500 EXPECT_fig5=470 EXPECT_fig8=880 EXPECT_report=5
+  EXPECT_fig2=10 EXPECT_fig1a=290 EXPECT_fig4=620 EXPECT_fig3=340 EXPECT_fig5=320 EXPECT_fig8=610 EXPECT_report=5
 else
   GROK_EPOCHS=20000
   UNGROK_SIZES=390,480,590,720,880,1000,1080,1200,1320,1494,1800,2200

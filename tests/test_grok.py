@@ -436,3 +436,49 @@ def test_underscore_and_hyphen_spellings_are_the_same_flag():
     a = grok.config_from_args(["--d-model", "64", "--log_every", "7", "--random-labels"])
     b = grok.config_from_args(["--d_model", "64", "--log-every", "7", "--random_labels"])
     assert a == b and a.d_model == 64 and a.log_every == 7 and a.random_labels
+
+
+# -----------------------------------------------------------------------------
+# The convergence stop: a converged run leaves the batch, and the others train as they would alone
+
+
+CONVERGE = dict(converge_window=0.5, converge_acc=0.03, converge_norm=0.03, converge_span=20, epochs=150,
+                log_every=5, ckpt_every=50, lr="3e-3", train="80")
+
+
+def test_converged_runs_leave_the_batch_and_the_rest_train_as_alone(tmp_path):
+    # At this setting the wd=3 run converges early (near epoch 55) and the wd=1 run trains to the end.
+    grok.train(small_cfg(tmp_path / "batch", wd="1,3", **CONVERGE))
+    h = np.load(tmp_path / "batch" / "history.npz")
+    stopped = h["stop_epoch"].tolist()
+    assert stopped[0] == -1 and str(h["stop_reason"][1]).startswith("converged") and 0 < stopped[1] < 150, \
+        f"run 1 should converge and stop, run 0 train on: {stopped} {h['stop_reason']}"
+    batch = torch.load(tmp_path / "batch" / "params.pt")
+    # Exact: until it stopped, the stopped run did the same arithmetic as the batch trained to that epoch.
+    grok.train(small_cfg(tmp_path / "upto", wd="1,3", **{**CONVERGE, "converge_window": 0.0, "epochs": stopped[1]}))
+    upto = torch.load(tmp_path / "upto" / "params.pt")
+    assert all(torch.equal(batch[k][1], upto[k][1]) for k in batch), "the stopped run moved after it stopped"
+    # Alone: the same runs one by one stop at the same epoch and end at the same place, up to rounding,
+    # which grows in training (batched and alone differ by 5e-7 after 40 epochs, 1e-3 after 200).
+    for r, wd in enumerate(("1", "3")):
+        grok.train(small_cfg(tmp_path / f"alone{r}", wd=wd, **CONVERGE))
+        alone = np.load(tmp_path / f"alone{r}" / "history.npz")
+        assert alone["stop_epoch"].tolist() == [stopped[r]], (alone["stop_epoch"], stopped[r])
+        p = torch.load(tmp_path / f"alone{r}" / "params.pt")
+        err_p = max((batch[k][r] - p[k][0]).abs().max().item() for k in p)
+        n = len(alone["epoch"])  # a run alone ends when it stops; in the batch it is recorded on, frozen
+        err_h = max(np.abs(h[k][r, :n] - alone[k][0]).max() for k in ("train_loss", "test_loss", "param_norm"))
+        assert err_p < 1e-3 and err_h < 1e-3, f"run {r}: params differ by {err_p:.2e}, history by {err_h:.2e}"
+    frozen = h["param_norm"][1, list(h["epoch"]).index(stopped[1]):]
+    assert np.ptp(frozen) == 0, "a stopped run must not move"
+
+
+def test_convergence_needs_the_norm_to_settle_too():
+    # A flat test accuracy with a falling norm (the plateau before grokking) is not convergence.
+    hist = {"epoch": list(range(0, 1001, 100)),
+            "test_acc": [torch.tensor([0.1, 0.1], dtype=torch.float64) for _ in range(11)],
+            "param_norm": [torch.tensor([50.0 - 2 * i, 40.0], dtype=torch.float64) for i in range(11)]}
+    stops = dict(epoch=[-1, -1], reason=["", ""])
+    assert grok.stop_converged(hist, stops, 0.5, 0.01, 0.01, 1000) == []  # the window spans 500 epochs, not 1000
+    assert grok.stop_converged(hist, stops, 0.5, 0.01, 0.01, 500) == [1]  # only the run whose norm is flat
+    assert stops["epoch"] == [-1, 1000] and "converged: over epochs 500-1000" in stops["reason"][1]
