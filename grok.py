@@ -18,6 +18,7 @@ Launch commands:
     python grok.py --train 1.0 --stop-acc 1.0 --out runs/full                       # train on every pair
     python grok.py --init-from runs/full --train 800 --out runs/ungrok             # ungrokking (Sec. 5.2)
     python grok.py --random-labels --train 2000 --out runs/mem                     # C_mem-only (Sec. 5.1)
+    python grok.py --train 800,1600 --seeds 0-4 --epochs 100000 --converge-window 0.5 --out runs/conv   # each run stops once converged
     python grok.py --bench --fmt nanda --train 3830                                # ms per epoch, this file
     python grok.py --bench --bench-impl reference --fmt nanda --train 3830         # ... the straightforward way
     python grok.py --help                                                          # every setting and its source
