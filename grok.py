@@ -78,16 +78,16 @@ class Config:
     ckpt_every: int = 1000  # checkpoint every k epochs: a kill loses at most this many
     snapshots: int = 0  # parameter snapshots at this many log-spaced epochs (0 = none); analysis.py reads them
     stop_acc: float = 0.0  # stop once every run's test accuracy reaches this (0 = run all epochs)
-    converge_window: float = 0.0  # stop each run once converged over this last fraction of its epochs (0 = never); Sec. 5.2 compares test accuracy "at convergence"
+    converge_window: float = 0.0  # stop a run once converged over this last fraction of its epochs (0 = never); P3 is about accuracy "at convergence"
     converge_acc: float = 0.005  # converged: test accuracy moved by at most this over the window ...
-    converge_norm: float = 0.005  # ... and the parameter norm by at most this fraction of itself (it falls for as long as weight decay still trades circuits)
-    converge_span: int = 1000  # ... where the window spans at least this many epochs (early on, a short quiet stretch is not convergence)
+    converge_norm: float = 0.005  # ... and the parameter norm by at most this fraction of itself (weight decay moves it until then)
+    converge_span: int = 1000  # ... the window spanning at least this many epochs (a short early lull is not convergence)
     out: str = "runs/default"  # run directory
     device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
     threads: int = 0  # CPU threads for torch (0 = torch's default, every core)
     pad_ratio: float = 1.25  # speed: runs whose D lie within this factor share one padded batch
     bench: bool = False  # time bench_epochs epochs (one AdamW step + a forward over the test pairs each) instead of training
-    bench_impl: str = "fast"  # with --bench: "fast" (this file), "reference" (textbook forward + torch.optim.AdamW), "serial" (fast, one run at a time)
+    bench_impl: str = "fast"  # --bench: "fast" (this file), "reference" (forward + torch.optim.AdamW), "serial" (runs one by one)
     bench_epochs: int = 50  # epochs timed by --bench, after 3 warm-up epochs
 
 
@@ -638,7 +638,7 @@ def start_or_resume(out, settings, init, device):
     hist, stops, start, wall0 = new_history(), dict(epoch=[-1] * R, reason=[""] * R), 0, 0.0
     ckpt_path = os.path.join(out, "checkpoint.pt")
     if os.path.exists(ckpt_path):
-        ck = load_checkpoint(ckpt_path, f"delete it to restart {out} from its last snapshot-free start, or use another --out")
+        ck = load_checkpoint(ckpt_path, f"delete it to train {out} again from the start, or use another --out")
         if ck.get("settings", settings) != settings:
             raise ValueError(f"{ckpt_path} was written with other settings than {out}/config.json says; "
                              f"delete the directory or use another --out")
