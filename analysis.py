@@ -177,9 +177,10 @@ def sum_squared_weights(params):
 # p^3-dimensional vector Z_{w_k} as Z_{w_k}^{a,b,c} = cos(w_k(a+b-c)) ... we set 1 <= k <= K,
 # where K = ceil((p-1)/2) ... Z_{h,T} = sum_{k=1}^K (Z_h . Z^_{w_k}) Z^_{w_k}" and "Z_{h,M} = Z_h - Z_{h,T}".
 #
-# Reading taken: before the split we centre each input's logits over the labels c. Softmax is
-# blind to a per-input shift, the paper sets aside "the constant bias vector", and the shift is
-# orthogonal to every Z_{w_k}, so Z_T is unchanged; only Z_M loses a part no loss can see.
+# Z_M is taken by the letter: Z - Z_T, with nothing removed first. Softmax is blind to a shift of
+# an input's logits by a constant, and such a shift lies in Z_M (it is orthogonal to every
+# Z_{w_k}); where that matters we also give the centred variant, Z_M minus each input's mean over
+# the labels, always under a name with "centred" in it.
 
 
 def frequency_norms2(p):
@@ -219,20 +220,20 @@ def shift_index(p):
 
 
 def trig_split(Z):
-    """Split logit tables Z [..., p, p, p] into trig part Z_T, memorisation residual Z_M and coefficients [..., K]."""
+    """Split logit tables Z [..., p, p, p] into App. B's Z_T, Z_M = Z - Z_T and the coefficients [..., K]."""
     p = Z.shape[-1]
-    Zc = centre(Z.double())
-    coef = trig_coefficients(Zc)
+    Z = Z.double()
+    coef = trig_coefficients(Z)
     Z_T = trig_profile(coef, p)[..., shift_index(p)]  # [..., p] gathered -> [..., p, p, p]
-    return Z_T, Zc - Z_T, coef
+    return Z_T, Z - Z_T, coef
 
 
-def trig_strength(coef, Zc):
-    """Share of the centred logits' squared norm along each direction cos(w_k(a+b-c)): [..., K]."""
+def trig_strength(coef, Z):
+    """Share of the logits' squared norm |Z|^2 along each direction cos(w_k(a+b-c)): [..., K] (centred Z: the centred share)."""
     # Reading taken for "> 95% of the logit norm": shares of the *squared* norm. Z_T and Z_M are
     # orthogonal, so |Z|^2 = |Z_T|^2 + |Z_M|^2 and only squared norms add up to 100%.
-    p = Zc.shape[-1]
-    return coef ** 2 * frequency_norms2(p) / Zc.pow(2).sum((-3, -2, -1))[..., None]
+    p = Z.shape[-1]
+    return coef ** 2 * frequency_norms2(p) / Z.pow(2).sum((-3, -2, -1))[..., None]
 
 
 def correct_logit_means(Z_T, Z_M, idx, labels):
@@ -297,18 +298,6 @@ def key_frequencies(emb_norms, cover):
     return torch.sort(order[:n] + 1).values
 
 
-def restricted_loss(coef, key, p):
-    """Nanda et al.'s restricted loss: cross-entropy of the logits with only the key frequencies' trig terms kept."""
-    # Reading taken: keep the App. B components cos(w_k(a+b-c)) of the key frequencies (plus the
-    # constant, which softmax ignores). These logits depend on a+b-c only, so every input sees the
-    # same softmax with its correct label at s = 0: the loss is the same on train, test and all
-    # pairs (so "test or all pairs" does not matter), and it is -log softmax(g)[0].
-    keep = torch.zeros(coef.shape[-1], dtype=coef.dtype)
-    keep[key - 1] = 1.0
-    g = trig_profile(coef * keep, p)  # [p]
-    return -g.log_softmax(-1)[0].item()
-
-
 def fold(X, p, sign):
     """Sum X [p, p, ...] over the input pairs (a, b) with equal (a + sign*b) mod p: [p, ...]."""
     a = torch.arange(p)
@@ -316,22 +305,38 @@ def fold(X, p, sign):
     return torch.zeros((p,) + X.shape[2:], dtype=X.dtype).index_add_(0, s, X.reshape((p * p,) + X.shape[2:]))
 
 
-def excluded_logits(Z, key):
-    """Logit tables Z [p, p, p] minus their components on cos(w_k(a+b)), sin(w_k(a+b)) of the key frequencies, per c."""
-    # Nanda et al.'s excluded loss removes, for each key frequency, the directions cos(w_k(a+b))
-    # and sin(w_k(a+b)) over the inputs (separately for every label c), then evaluates on the
-    # training set. This span contains cos(w_k(a+b-c)) = cos(w_k(a+b))cos(w_k c) + sin(w_k(a+b))sin(w_k c).
-    # It is also the span of e^{+-i w_k (a+b)}, whose coefficients are the 2-D FFT over (a, b) at
-    # (k, k) and (-k, -k): a 1-D FFT over s = a+b of Z summed along a+b = s (no p^3 2-D FFT needed).
+def key_projection(Z, freqs):
+    """Per label c, the projection of Z [p, p, p] over the inputs onto cos/sin(w_k(a+b)) for k in freqs (k = 0: the constant)."""
+    # The span of cos(w_k(a+b)), sin(w_k(a+b)) is that of e^{+-i w_k (a+b)}, whose coefficients are the
+    # 2-D FFT over (a, b) at (k, k) and (-k, -k): a 1-D FFT over s = a+b of Z summed along a+b = s
+    # (no p^3 2-D FFT needed). It contains cos(w_k(a+b-c)) = cos(w_k(a+b))cos(w_k c) + sin(w_k(a+b))sin(w_k c).
     p = Z.shape[-1]
     Z = Z.double()
     F = torch.fft.fft(fold(Z, p, +1), dim=0)  # [p (k), p (c)]: F[k, c] = 2-D FFT of Z[:, :, c] at (k, k)
     mask = torch.zeros(p, 1, dtype=torch.float64)
-    mask[key % p], mask[-key % p] = 1.0, 1.0
+    mask[freqs % p], mask[-freqs % p] = 1.0, 1.0
     # projection = (1/p^2) sum_{u = +-k} F[u, c] e^{2 pi i u (a+b)/p} = ifft(F * mask)[a+b, c] / p
     proj = torch.fft.ifft(F * mask, dim=0).real / p  # [p (s), p (c)]
     a = torch.arange(p)
-    return Z - proj[(a[:, None] + a[None, :]) % p]  # [p, p] index -> [p, p, p]
+    return proj[(a[:, None] + a[None, :]) % p]  # [p, p] index -> [p, p, p]
+
+
+def restricted_logits(Z, key):
+    """Nanda et al.'s restricted logits: Z [p, p, p] with only the key frequencies' cos/sin(w_k(a+b)) terms (and the constant) kept."""
+    # Nanda et al.: restricted loss tracks "performance on the general algorithm": every component
+    # of the logits is ablated except the key frequencies. Reading taken: for each label c keep
+    # the span of cos(w_k(a+b)), sin(w_k(a+b)) over the key k, plus each label's mean over the
+    # inputs (frequency 0, a per-label bias); this is the very span excluded_logits removes (but
+    # for the constant), so restricted and excluded logits add up to Z plus that bias.
+    return key_projection(Z, torch.cat([torch.zeros(1, dtype=key.dtype), key]))
+
+
+def excluded_logits(Z, key):
+    """Nanda et al.'s excluded logits: Z [p, p, p] minus its components on cos(w_k(a+b)), sin(w_k(a+b)) of the key frequencies, per c."""
+    # Nanda et al.'s excluded loss ("performance on memorized exceptions") removes, for each key
+    # frequency, the directions cos(w_k(a+b)) and sin(w_k(a+b)) over the inputs (separately for
+    # every label c), then evaluates on the training set.
+    return Z.double() - key_projection(Z, key)
 
 
 def neuron_fve(hidden, p):
@@ -370,7 +375,7 @@ def trig_summary(params, r, data):
     Zf = logits[0]  # [p^2, p]
     Z = Zf.double().reshape(p, p, p)  # [a, b, c]
     Z_T, Z_M, coef = trig_split(Z)
-    return Zf, hidden[0], Z_T, Z_M, coef, trig_strength(coef, centre(Z))
+    return Zf, hidden[0], Z_T, Z_M, coef, trig_strength(coef, Z)
 
 
 def logit_measures(Zf, Z_T, Z_M, strength, data):
@@ -384,9 +389,11 @@ def logit_measures(Zf, Z_T, Z_M, strength, data):
     out["test_margin_q"] = torch.quantile(m_te, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).numpy()
     out["o_t"], out["o_m_train"] = correct_logit_means(Z_T, Z_M, tr, y_tr)
     _, out["o_m_test"] = correct_logit_means(Z_T, Z_M, te, y_te)
-    # The whole centred logit of the trained label: the "correct logit" of a random-label (C_mem-only) run.
-    out["o_train"] = centre(Zf.double())[tr, y_tr].mean().item()
+    # The centred variants: each input's mean logit over the labels removed (invisible to softmax).
+    _, out["o_m_train_centred"] = correct_logit_means(Z_T, centre(Z_M), tr, y_tr)
+    out["o_train"] = Zf.double()[tr, y_tr].mean().item()  # the whole logit of the trained label
     out["trig_frac"], out["strength"] = strength.sum().item(), strength.numpy()
+    out["trig_frac_centred"] = (Z_T.pow(2).sum() / (Z_T + centre(Z_M)).pow(2).sum()).item()
     return out
 
 
@@ -396,9 +403,14 @@ def measure_point(params, r, data, key):
     Zf, hidden, Z_T, Z_M, coef, strength = trig_summary(params, r, data)
     out = logit_measures(Zf, Z_T, Z_M, strength, data)
     # Nanda et al. (summary): "restricted loss" tracks "performance on the general algorithm" and
-    # "excluded loss" "performance on memorized exceptions". Z_T + Z_M is the centred logit table.
-    out["restricted_loss"] = restricted_loss(coef, key, p)
-    excluded = excluded_logits(Z_T + Z_M, key).reshape(p * p, p)  # [p^2, p]
+    # "excluded loss" "performance on memorized exceptions". Readings taken: the restricted loss on
+    # every pair (the general algorithm is meant for every input), the excluded loss on the
+    # training set (the memorised exceptions are the training pairs). Z_T + Z_M is the logit table.
+    Z = Z_T + Z_M
+    every = torch.arange(p * p)
+    restricted = restricted_logits(Z, key).reshape(p * p, p)  # [p^2, p]
+    out["restricted_loss"], _ = loss_acc(restricted, every, data["labels"])
+    excluded = excluded_logits(Z, key).reshape(p * p, p)  # [p^2, p]
     out["excluded_loss"], _ = loss_acc(excluded, data["train_idx"], data["train_labels"])
     out["emb_norms"] = embedding_fourier_norms(params["W_E"][r], p).numpy()
     out["sum_sq"] = sum_squared_weights(one_run(params, r))[0].item()
@@ -536,8 +548,10 @@ def summary_lines(progress):
 
 def efficiency_table(run_dirs, log=print):
     """One row per finished run of every directory: settings, parameter norm, correct logits, trig share, accuracy."""
-    cols = {k: [] for k in ("dir", "run", "seed", "n_train", "wd", "random_labels", "init_from", "param_norm",
-                            "o_train", "o_t", "o_m_train", "trig_frac", "test_acc", "train_acc")}
+    measures = ("o_train", "o_t", "o_m_train", "o_m_train_centred", "trig_frac", "trig_frac_centred", "test_acc",
+                "train_acc")
+    cols = {k: [] for k in ("dir", "dir_name", "run", "seed", "n_train", "wd", "random_labels", "init_from",
+                            "converged", "param_norm") + measures}
     t0 = time.perf_counter()
     first = None
     for j, d in enumerate(run_dirs):
@@ -555,10 +569,11 @@ def efficiency_table(run_dirs, log=print):
             data = pair_data(run, r)
             Zf, _, Z_T, Z_M, _, strength = trig_summary(params, r, data)
             m = logit_measures(Zf, Z_T, Z_M, strength, data)
-            row = dict(dir=j, run=r, seed=run["runs"]["seed"][r], n_train=run["runs"]["n_train"][r],
-                       wd=run["runs"]["wd"][r], random_labels=bool(run["cfg"]["random_labels"]),
-                       init_from=bool(run["cfg"]["init_from"]), param_norm=norms[r].item(),
-                       **{k: m[k] for k in ("o_train", "o_t", "o_m_train", "trig_frac", "test_acc", "train_acc")})
+            why = str(run["hist"]["stop_reason"][r]) if "stop_reason" in run["hist"] else ""
+            row = dict(dir=j, dir_name=os.path.basename(os.path.normpath(d)), run=r, seed=run["runs"]["seed"][r],
+                       n_train=run["runs"]["n_train"][r], wd=run["runs"]["wd"][r],
+                       random_labels=bool(run["cfg"]["random_labels"]), init_from=bool(run["cfg"]["init_from"]),
+                       converged=why.startswith("converged"), param_norm=norms[r].item(), **{k: m[k] for k in measures})
             for k, v in row.items():
                 cols[k].append(v)
     log(f"efficiency: {len(cols['run'])} run(s) from {len(run_dirs)} director(ies) in {time.perf_counter() - t0:.1f} s")
@@ -571,11 +586,11 @@ def fig3_triples(table, min_trig=0.95):
     # data ..., and assume that the entire parameter norm at convergence is allocated to memorisation.
     # We produce C_gen-only networks by training on large dataset sizes and checking that > 95% of the
     # logit norm comes from just the trigonometric subspace."
-    # Readings taken: a C_mem-only run's logit is its whole centred logit for the trained (random)
+    # Readings taken: a C_mem-only run's logit is o_m^y (App. B's Z_M) for the trained (random)
     # label, over the training set; a C_gen-only run's logit is o_t^y, and its whole norm counts too.
     mem = table["random_labels"]
     gen = ~table["random_labels"] & (table["trig_frac"] > min_trig)
-    return dict(mem_logit=table["o_train"][mem], mem_norm=table["param_norm"][mem], mem_D=table["n_train"][mem],
+    return dict(mem_logit=table["o_m_train"][mem], mem_norm=table["param_norm"][mem], mem_D=table["n_train"][mem],
                 gen_logit=table["o_t"][gen], gen_norm=table["param_norm"][gen], gen_D=table["n_train"][gen],
                 n_dropped=np.array(int((~table["random_labels"] & ~gen).sum())), min_trig=np.array(min_trig))
 

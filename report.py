@@ -1,0 +1,873 @@
+"""
+report.py: the paper's claims, checked from saved runs: the experiment figures and results.md.
+
+Reads the output folder of reproduce.sh (its layout is LAYOUT below, the one place it is written
+down) and writes, from the saved runs only:
+  - the experiment figures: Fig. 1a/1b/1c (grokking, ungrokking, semi-grokking runs), Fig. 4 and 7
+    (ungrokking against D'), Fig. 5 and 6 (semi-grokking), Fig. 8 (ungrokking on another task);
+  - results.md: one section per claim, each with a verdict that is "held", "not held" or
+    "inconclusive". Each check states, in its code below and in results.md, the paper passage it
+    encodes, its threshold, its convergence requirement and its minimum number of independent
+    seeds; data that fails the convergence or seed requirement gives "inconclusive", never "held".
+The mechanistic maths (App. B split, Nanda et al.'s measures, Fig. 3, 9, 10) is analysis.py's.
+
+Launch commands:
+    python report.py out/quick --profile quick     # figures + results.md for a reproduce.sh folder
+    python report.py --where ungrok                # a path of the layout (reproduce.sh asks this way)
+Tests: python -m pytest -q tests/test_report.py
+"""
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import matplotlib
+
+matplotlib.use("Agg")  # render to files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402  (must come after use("Agg"))
+
+import analysis  # noqa: E402  run loading, the efficiency table, figure helpers
+import grok  # noqa: E402  atomic writers, task names, the command-line helpers
+
+# -----------------------------------------------------------------------------
+# The output folder of reproduce.sh: every path, written down once
+
+
+def layout():
+    """What reproduce.sh writes where, relative to its output folder (reproduce.sh asks `report.py --where NAME`)."""
+    return dict(
+        toy_csv="fig2_toy.csv",                # toy_sim.py --csv: the three presets of Fig. 2
+        grok="runs/grok",                      # Fig. 1a: the paper's standard run (p=113, D=3830, wd=1)
+        full="runs/full_add",                  # networks trained on every pair: the ungrokking sources (Fig. 4)
+        ungrok="runs/ungrok",                  # ungrokking sweep from `full`: D' x weight decay x source seed
+        scratch="runs/scratch",                # from-scratch sweep over D: grokking, semi-grokking, C_gen-only
+        mem="runs/mem",                        # random labels: the C_mem-only networks of Fig. 3
+        full8="runs/full_div",                 # Fig. 8: a second task's networks trained on every pair
+        ungrok8="runs/ungrok_div",             # ... and its ungrokking sweep
+        sources="sources",                     # analysis.py --efficiency of `full`: trig share of each source
+        efficiency="efficiency",               # analysis.py --efficiency of `mem` and `scratch`: Fig. 3 (P1)
+        efficiency_ungrok="efficiency_ungrok",  # analysis.py --efficiency of `ungrok`: Fig. 10
+        stage_times="stage_times.txt",
+        results="results.md",
+    )
+
+
+def path_of(folder, name):
+    """The path of a layout entry inside a reproduce.sh output folder."""
+    return os.path.join(folder, layout()[name])
+
+
+def finished(run_dir):
+    """Whether a grok.py run directory has finished (params.pt is written last)."""
+    return os.path.exists(os.path.join(run_dir, "params.pt"))
+
+
+# -----------------------------------------------------------------------------
+# Verdicts: held, not held or inconclusive
+
+
+def outcome(enough, converged, held, failed):
+    """The verdict word: "inconclusive" unless the seed and convergence requirements are met and the data decides."""
+    if not (enough and converged):
+        return "inconclusive"
+    return "held" if held else ("not held" if failed else "inconclusive")
+
+
+def verdict(claim, passage, rule, min_seeds, seeds, convergence, n_converged, n_runs, value, spread, result):
+    """One check's outcome with everything results.md shows about it: a dict."""
+    return dict(claim=claim, passage=passage, rule=rule, min_seeds=min_seeds, seeds=seeds, convergence=convergence,
+                n_converged=n_converged, n_runs=n_runs, value=value, spread=spread, outcome=result)
+
+
+def verdict_lines(v):
+    """The lines of results.md under a check: rule, requirements, value with spread, verdict."""
+    return [f"- Paper: {v['passage']}",
+            f"- Rule: {v['rule']}",
+            f"- Requirements: at least {v['min_seeds']} independent networks (here {v['seeds']}); {v['convergence']} "
+            f"(here {v['n_converged']} of {v['n_runs']} runs)",
+            f"- Measured: {v['value']} (spread: {v['spread']})",
+            f"- **Verdict: {v['outcome']}.**", ""]
+
+
+# -----------------------------------------------------------------------------
+# Run tables: one row per run, from history.npz and config.json
+
+
+def run_table(run):
+    """Per run of a loaded directory: D, wd, seed, final accuracies (last record) and how it stopped."""
+    h, runs = run["hist"], run["runs"]
+    R = len(runs["seed"])
+    why = [str(w) for w in h["stop_reason"]] if "stop_reason" in h else [""] * R
+    return dict(D=np.array(runs["n_train"]), wd=np.array(runs["wd"], float), seed=np.array(runs["seed"]),
+                train_acc=h["train_acc"][:, -1], test_acc=h["test_acc"][:, -1],
+                converged=np.array([w.startswith("converged") for w in why]),
+                stop_epoch=np.array(h["stop_epoch"] if "stop_epoch" in h else [-1] * R))
+
+
+def first_epoch(epoch, x, level):
+    """The first recorded epoch where x >= level (nan if never)."""
+    hit = np.flatnonzero(x >= level)
+    return float(epoch[hit[0]]) if len(hit) else float("nan")
+
+
+def crossing(D, acc, level=0.5):
+    """The dataset size where accuracy first rises through `level`, interpolated on log D (nan if never)."""
+    order = np.argsort(D)
+    D, acc = np.asarray(D, float)[order], np.asarray(acc, float)[order]
+    for i in range(1, len(D)):
+        if acc[i - 1] < level <= acc[i]:
+            f = (level - acc[i - 1]) / (acc[i] - acc[i - 1])
+            return float(np.exp(np.log(D[i - 1]) + f * (np.log(D[i]) - np.log(D[i - 1]))))
+    return float("nan")
+
+
+def mean_by(D, acc):
+    """Mean accuracy per distinct D (over seeds): (sorted D values, means)."""
+    xs = np.unique(D)
+    return xs, np.array([acc[D == x].mean() for x in xs])
+
+
+def curves(table, keys=("seed", "wd")):
+    """The rows of a table grouped into curves over D, one per distinct (seed, wd): list of ((seed, wd), rows)."""
+    groups = sorted({tuple(table[k][i] for k in keys) for i in range(len(table["D"]))})
+    out = []
+    for g in groups:
+        sel = np.all([table[k] == v for k, v in zip(keys, g)], axis=0)
+        order = np.argsort(table["D"][sel])
+        out.append((g, {k: v[sel][order] for k, v in table.items()}))
+    return out
+
+
+def spread_text(x, fmt="{:.2f}"):
+    """min-max of finite values as text ("-" for fewer than two)."""
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    return f"{fmt.format(x.min())}-{fmt.format(x.max())} over {len(x)}" if len(x) > 1 else "-"
+
+
+# -----------------------------------------------------------------------------
+# The checks. Each one's threshold, convergence requirement and minimum number of seeds are its
+# keyword defaults, fixed in code before the runs they judge were made; its rule text is built
+# from the same values, so results.md cannot say one thing while the code tests another.
+
+
+def check_toy(csv_path, delay=5.0):
+    """Fig. 2: grokking in the toy model needs all three ingredients (from toy_sim.py's CSV)."""
+    # Fig. 2 captions: (a) "we observe grokking"; (b) "test loss stays high ... throughout training";
+    # (c) "test loss decreases immediately". The step where test loss first falls below half its
+    # peak is at least `delay` times that of train loss in (a), never comes in (b), and comes
+    # within twice the train step in (c). The toy model is a deterministic simulation of App. C:
+    # no seed, and it runs its whole horizon, so both requirements are met by construction.
+    cols = np.genfromtxt(csv_path, delimiter=",", names=True)
+
+    def half_peak(x):
+        peak = int(np.argmax(x))
+        below = np.flatnonzero(x[peak:] < 0.5 * x[peak])
+        return float(cols["step"][peak + below[0]]) if len(below) else float("nan")
+    t = {k: (half_peak(cols[f"{k}_train"]), half_peak(cols[f"{k}_test"])) for k in "abc"}
+    held = (t["a"][1] >= delay * t["a"][0]) and math.isnan(t["b"][1]) and (t["c"][1] <= 2 * t["c"][0])
+    fmt = lambda x: "never" if math.isnan(x) else f"{x:.0f}"
+    value = "; ".join(f"({k}) train {fmt(t[k][0])}, test {fmt(t[k][1])}" for k in "abc")
+    v = verdict("toy model: grokking needs all three ingredients (Sec. 3, Fig. 2)",
+                "\"we only get grokking when C_gen is learned more slowly than C_mem\" (Fig. 2)",
+                f"the step where test loss falls below half its peak is >= {delay:g}x the train step in (a), "
+                "never comes in (b), and is <= 2x the train step in (c)",
+                1, "a deterministic simulation (App. C)", "the simulation runs its whole horizon", 3, 3,
+                f"steps to half the peak loss: {value}", "none (deterministic)",
+                outcome(True, True, held, not held))
+    return dict(v, steps=t)
+
+
+def check_grokking(epoch, train_acc, test_acc, seed, level=0.99, min_delay=10.0, min_seeds=3):
+    """Grokking (Fig. 1a): test accuracy reaches `level` at least min_delay times later than train accuracy."""
+    # Sec. 1: grokking is "a phenomenon where a network ... first achieves perfect training accuracy
+    # but poor generalisation, and then upon further training, transitions to perfect generalisation".
+    # The rule: over the runs from scratch whose test accuracy reaches `level`, the median of
+    # (epoch of test >= level) / (epoch of train >= level) is at least min_delay. No convergence is
+    # needed (an event, not a final value), but a run that never generalises does not count.
+    t_tr = np.array([first_epoch(epoch, a, level) for a in train_acc])
+    t_te = np.array([first_epoch(epoch, a, level) for a in test_acc])
+    ok = np.isfinite(t_te) & np.isfinite(t_tr)
+    ratio = t_te[ok] / np.maximum(t_tr[ok], 1.0)
+    n_seeds = len(np.unique(seed[ok]))
+    med = float(np.median(ratio)) if ok.any() else float("nan")
+    v = verdict("grokking: test accuracy rises long after train accuracy (Fig. 1a)",
+                "\"transitions to perfect generalisation\" upon further training, after perfect training accuracy (Sec. 1)",
+                f"median over generalising runs of (epoch test acc >= {level:g}) / (epoch train acc >= {level:g}) "
+                f">= {min_delay:g}", min_seeds, n_seeds, f"test accuracy reaches {level:g}", int(ok.sum()),
+                len(ok), f"median delay ratio {med:.1f}", spread_text(ratio, "{:.1f}"),
+                outcome(n_seeds >= min_seeds, True, med >= min_delay, med < min_delay))
+    return dict(v, ratio=ratio, t_train=t_tr, t_test=t_te)
+
+
+def p2_curve(D, acc, low=0.2, high=0.9):
+    """One ungrokking curve: accuracy at the smallest and largest D', and the transition width (nan: none)."""
+    lo, hi = D[acc < low], D[acc > high]
+    width = (hi.min() / lo.max()) if len(lo) and len(hi) and hi.min() > lo.max() else float("nan")
+    return float(acc[0]), float(acc[-1]), float(width)
+
+
+def check_p2(table, low=0.2, high=0.9, max_width=3.0, min_seeds=3):
+    """P2, ungrokking: converged test accuracy against D' falls from > high to < low within a factor max_width."""
+    # Sec. 5.2: "if we plot test accuracy at convergence against the size of the reduced training
+    # dataset D', there will be a phase transition around D_crit". A curve is one source network
+    # and one weight decay; it counts only when every run on it has converged. It passes when its
+    # converged accuracy is < low at the smallest D', > high at the largest, and the largest D'
+    # below low and the smallest above high lie within a factor max_width. Held: every counted
+    # curve passes; not held: fewer than half do; otherwise inconclusive.
+    rows = []
+    for (s, w), c in curves(table):
+        first, last, width = p2_curve(c["D"], c["test_acc"], low, high)
+        rows.append(dict(seed=s, wd=w, counted=bool(c["converged"].all()), first=first, last=last, width=width,
+                         passed=bool(first < low and last > high and width <= max_width)))
+    counted = [r for r in rows if r["counted"]]
+    seeds_ok = min((len({r["seed"] for r in counted if r["wd"] == w}) for w in np.unique(table["wd"])), default=0)
+    n_pass = sum(r["passed"] for r in counted)
+    v = verdict("P2 ungrokking: a phase transition in D' (Sec. 5.2, Fig. 4)",
+                "\"there will be a phase transition around D_crit\"; Fig. 4: \"a sharp transition from strong test "
+                "accuracy to near-zero test accuracy\"",
+                f"per curve (source seed, weight decay): converged test accuracy < {low:g} at the smallest D', "
+                f"> {high:g} at the largest, transition within a factor {max_width:g} of D'; held if every counted "
+                "curve passes, not held if fewer than half do",
+                min_seeds, f"{seeds_ok} per weight decay", "every run of a curve converged (grok.py's convergence stop)",
+                int(table["converged"].sum()), len(table["D"]),
+                f"{n_pass} of {len(counted)} counted curves pass; transition widths "
+                + ", ".join(f"{r['width']:.2f}x" for r in counted),
+                spread_text([r["width"] for r in counted]),
+                outcome(seeds_ok >= min_seeds, len(counted) > 0, counted and n_pass == len(counted),
+                        n_pass < len(counted) / 2))
+    return dict(v, rows=rows)
+
+
+def check_p3(table, level=0.5, max_spread=1.5, min_seeds=3):
+    """P3, no effect of weight decay: each source network's D' at `level` agrees across weight decays."""
+    # Sec. 5.2: "we predict that test accuracy at convergence is independent of the strength of
+    # weight decay". For each source network, the D' where its converged test accuracy crosses
+    # `level` (interpolated on log D') is found at every weight decay, from curves whose runs all
+    # converged; its spread is largest / smallest over the weight decays. Held: the median of
+    # that spread over source seeds is <= max_spread; not held: > max_spread.
+    wds = np.unique(table["wd"])
+    per_seed = {}
+    for (s, w), c in curves(table):
+        x = crossing(c["D"], c["test_acc"], level) if c["converged"].all() else float("nan")
+        per_seed.setdefault(s, {})[w] = x
+    spreads = {s: max(x.values()) / min(x.values()) for s, x in per_seed.items()
+               if len(x) == len(wds) and np.isfinite(list(x.values())).all()}
+    med = float(np.median(list(spreads.values()))) if spreads else float("nan")
+    v = verdict("P3 ungrokking: the transition does not depend on weight decay (Sec. 5.2, Fig. 4)",
+                "\"test accuracy at convergence is independent of the strength of weight decay\"",
+                f"per source network, the D' where converged test accuracy crosses {level:g} at each weight decay "
+                f"({', '.join(f'{w:g}' for w in wds)}); held if the median over networks of largest / smallest "
+                f"<= {max_spread:g}",
+                min_seeds, len(spreads), "every run of the curves converged", int(table["converged"].sum()),
+                len(table["D"]), f"median spread {med:.2f}x", spread_text(list(spreads.values())),
+                outcome(len(spreads) >= min_seeds and len(wds) >= 2, True, med <= max_spread, med > max_spread))
+    return dict(v, per_seed=per_seed, spreads=spreads)
+
+
+def dcrit_estimates(table, levels=(0.5, 0.7), by_wd=True):
+    """D_crit per network seed (and weight decay): the D where converged test accuracy crosses each level.
+
+    Rows: (wd or nan, level, seeds with a converged crossing, their values); a curve with an
+    unconverged run gives no value, and a curve that never crosses gives none either (both counted).
+    """
+    out = []
+    for level in levels:
+        for w in (np.unique(table["wd"]) if by_wd else [float("nan")]):
+            sub = {k: v[table["wd"] == w] for k, v in table.items()} if by_wd else table
+            xs, n = [], 0
+            for _, c in curves(sub, keys=("seed",)):
+                n += 1
+                if c["converged"].all():
+                    xs.append(crossing(c["D"], c["test_acc"], level))
+            out.append((float(w), level, n, np.array(xs)))
+    return out
+
+
+def semi_outcomes(epoch, train_acc, test_acc, converged, near=0.99, low=0.2, high=0.9, min_rise=0.15, delay=5.0):
+    """Each run's outcome: "grokked", "semi-grokked", "none", "transient" (unconverged, middling) or "unsettled"."""
+    # Sec. 5.3: "(P4) ... we should observe a transition to middling test accuracy well after
+    # near-perfect train accuracy". Readings taken: near-perfect train accuracy is >= `near`;
+    # middling is within [low, high]; a transition is a rise of at least min_rise over the test
+    # accuracy at near-perfect train accuracy, whose half-way point comes at least `delay` times
+    # later ("well after"). P4 speaks of the network at convergence, so only a converged run
+    # (grok.py's convergence stop) is classified; an unconverged middling run is "transient"
+    # (Fig. 5: "transient semi-grokking") and any other unconverged run "unsettled".
+    rows = []
+    for tr, te, conv in zip(train_acc, test_acc, converged):
+        fit = np.flatnonzero(tr >= near)
+        final = float(te[-1])
+        t_fit = float(epoch[fit[0]]) if len(fit) else float("nan")
+        then = float(te[fit[0]]) if len(fit) else float("nan")
+        half = then + 0.5 * (final - then)
+        after = np.flatnonzero((te >= half) & (epoch >= t_fit)) if len(fit) else []
+        t_rise = float(epoch[after[0]]) if len(after) and final - then >= min_rise else float("nan")
+        middling = low <= final <= high
+        if not conv:
+            name = "transient" if middling else "unsettled"
+        elif final > high:
+            name = "grokked"
+        elif middling and np.isfinite(t_rise) and t_rise >= delay * max(t_fit, 1.0):
+            name = "semi-grokked"
+        else:
+            name = "none"
+        rows.append(dict(t_fit=t_fit, then=then, final=final, t_rise=t_rise, outcome=name))
+    return rows
+
+
+def check_p4(rows, seed, min_runs=16, min_semi=2, **rule):
+    """P4, semi-grokking: converged runs with a delayed rise to middling test accuracy, in >= min_semi networks."""
+    # Sec. 5.3 / Fig. 5 caption: "Out of 200 runs, at least 6 show clear semi-grokking at the end of
+    # training". Held: at least min_semi runs (independent networks: one run is single-network
+    # evidence) semi-grok among at least min_runs; not held: every run converged and none did.
+    names = [r["outcome"] for r in rows]
+    counts = {k: names.count(k) for k in ("semi-grokked", "grokked", "none", "transient", "unsettled")}
+    n_conv = sum(k in ("semi-grokked", "grokked", "none") for k in names)
+    rule_text = (f"a converged run semi-groks when its final test accuracy is in [{rule.get('low', 0.2):g}, "
+                 f"{rule.get('high', 0.9):g}], reached by a rise of >= {rule.get('min_rise', 0.15):g} over its test "
+                 f"accuracy at train accuracy >= {rule.get('near', 0.99):g}, half-way >= {rule.get('delay', 5.0):g}x "
+                 f"later; held if >= {min_semi} runs semi-grok among >= {min_runs}, not held if all converged and none did")
+    v = verdict("P4 semi-grokking: middling test accuracy at convergence just above D_crit (Sec. 5.3, Fig. 5)",
+                "\"Out of 200 runs, at least 6 show clear semi-grokking at the end of training\" (Fig. 5)",
+                rule_text, min_runs, f"{len(rows)} runs, {len(np.unique(seed))} seeds",
+                "each run converged (grok.py's convergence stop)", n_conv, len(rows),
+                ", ".join(f"{n} {k}" for k, n in counts.items()), "counts over runs",
+                outcome(len(rows) >= min_runs, True, counts["semi-grokked"] >= min_semi,
+                        counts["semi-grokked"] == 0 and n_conv == len(rows)))
+    return dict(v, counts=counts)
+
+
+def bootstrap_fit(rows, B=2000, rng_seed=0):
+    """c of log P = a + b log o + c log D over rows, and its 90% interval from resampling seeds (B draws)."""
+    _, c, n = analysis.norm_elasticity(rows["logit"], rows["norm"], rows["D"])
+    seeds = np.unique(rows["seed"])
+    g = np.random.default_rng(rng_seed)
+    cs = []
+    for _ in range(B):  # the seed is the independent unit: all of a network seed's runs go together
+        pick = g.choice(seeds, size=len(seeds), replace=True)
+        sel = np.concatenate([np.flatnonzero(rows["seed"] == s) for s in pick])
+        cs.append(analysis.norm_elasticity(rows["logit"][sel], rows["norm"][sel], rows["D"][sel])[1])
+    cs = np.array(cs)
+    cs = cs[np.isfinite(cs)]
+    lo, hi = (np.percentile(cs, [5, 95]) if len(cs) > B // 2 else (float("nan"), float("nan")))
+    return float(c), float(lo), float(hi), n
+
+
+def p1_rows(eff, min_trig=0.95, fit=0.99, min_seeds=3):
+    """The C_mem-only and C_gen-only rows of an efficiency table that P1 may use, with the reasons others left."""
+    # Sec. 5.1: "We produce C_mem-only networks by using completely random labels for the training
+    # data ... We produce C_gen-only networks by training on large dataset sizes and checking that
+    # > 95% of the logit norm comes from just the trigonometric subspace." Requirements added here:
+    # a C_mem-only run has fitted its training set (train accuracy >= fit) and converged; a
+    # C_gen-only run was trained from scratch, converged and has test accuracy >= fit; a dataset
+    # size counts for a circuit only with >= min_seeds such runs (independent seeds).
+    mem = eff["random_labels"] & eff["converged"] & (eff["train_acc"] >= fit)
+    gen = (~eff["random_labels"] & ~eff["init_from"] & eff["converged"] & (eff["trig_frac"] > min_trig)
+           & (eff["test_acc"] >= fit))
+    out = {}
+    for name, sel, logit in (("mem", mem, "o_m_train"), ("gen", gen, "o_t")):
+        keep = sel.copy()
+        for D in np.unique(eff["n_train"][sel]):
+            at = sel & (eff["n_train"] == D)
+            if len(np.unique(eff["seed"][at])) < min_seeds:
+                keep &= ~at
+        out[name] = dict(logit=eff[logit][keep], norm=eff["param_norm"][keep], D=eff["n_train"][keep],
+                         seed=eff["seed"][keep])
+    out["n_candidates"] = dict(mem=int(eff["random_labels"].sum()),
+                               gen=int((~eff["random_labels"] & ~eff["init_from"]).sum()))
+    return out
+
+
+def check_p1(rows, mem_min=0.0, gen_margin=0.1, min_seeds=3):
+    """P1: at a fixed logit C_mem's parameter norm grows with D (c_mem > 0) and C_gen's does not (|c_gen| small)."""
+    # Sec. 5.1: "(P1) Efficiency. We predict (Section 4.1) that memorisation efficiency decreases with
+    # increasing train dataset size, while generalisation efficiency stays constant." Fig. 3's
+    # isologits show the norm needed for a fixed logit against D. Fit log P = a + b log o + c log D
+    # to each circuit's converged runs: c is the growth of the norm with D at a fixed logit, with a
+    # 90% interval from resampling network seeds. Held: C_mem's interval lies above mem_min and
+    # C_gen's inside [-gen_margin, gen_margin] (doubling D changes C_gen's norm by under 7%). Not
+    # held: C_mem's interval lies at or below mem_min, or C_gen's lies wholly outside the margin.
+    fits = {k: bootstrap_fit(rows[k]) if len(rows[k]["D"]) else (float("nan"),) * 3 + (0,) for k in ("mem", "gen")}
+    (cm, mlo, mhi, nm), (cg, glo, ghi, ng) = fits["mem"], fits["gen"]
+    seeds = min(len(np.unique(rows[k]["seed"])) for k in ("mem", "gen"))
+    sizes = {k: np.unique(rows[k]["D"]) for k in ("mem", "gen")}
+    enough = seeds >= min_seeds and all(len(s) >= 2 for s in sizes.values()) and np.isfinite([mlo, glo]).all()
+    held = mlo > mem_min and -gen_margin <= glo and ghi <= gen_margin
+    failed = mhi <= mem_min or glo > gen_margin or ghi < -gen_margin
+    fmt = lambda s: ", ".join(str(int(d)) for d in s) or "none"
+    v = verdict("P1 efficiency: C_mem's norm at a fixed logit grows with D, C_gen's does not (Sec. 5.1, Fig. 3)",
+                "\"memorisation efficiency decreases with increasing train dataset size, while generalisation "
+                "efficiency stays constant\"",
+                f"fit log P = a + b log o + c log D per circuit; held if C_mem's 90% interval (seed bootstrap) lies "
+                f"above {mem_min:g} and C_gen's inside [-{gen_margin:g}, {gen_margin:g}]",
+                min_seeds, f"{seeds} (fewest of the two circuits)",
+                "C_mem: converged and train acc >= 0.99; C_gen: from scratch, converged, test acc >= 0.99, > 95% trig; "
+                f">= {min_seeds} seeds at each D", nm + ng,
+                rows["n_candidates"]["mem"] + rows["n_candidates"]["gen"],
+                f"c_mem = {cm:.3f} [{mlo:.3f}, {mhi:.3f}] at D = {fmt(sizes['mem'])}; "
+                f"c_gen = {cg:.3f} [{glo:.3f}, {ghi:.3f}] at D = {fmt(sizes['gen'])}",
+                "90% seed-bootstrap intervals in brackets", outcome(enough, True, held, failed))
+    return dict(v, c_mem=(cm, mlo, mhi), c_gen=(cg, glo, ghi), sizes=sizes)
+
+
+def spearman(x, y):
+    """Spearman rank correlation of two equal-length arrays (ties by average rank); nan for fewer than 3."""
+    if len(x) < 3:
+        return float("nan")
+    rank = lambda v: np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float)
+    rx, ry = rank(np.asarray(x)), rank(np.asarray(y))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def check_fig10(eff, min_rho=0.8, min_seeds=3):
+    """App. A.4: the logit ratio o_t^y/o_m^y rises monotonically with D' across the ungrokking runs."""
+    # App. A.4: "the ratio of the C_gen to C_mem logit o_t^y/o_m^y should increase monotonically
+    # with dataset size". Per curve (source seed, weight decay) whose runs all converged: Spearman's
+    # rank correlation of the ratio with D'. Held: the median over curves is >= min_rho; not held:
+    # below it. o_m^y is App. B's (Z_M = Z - Z_T); a ratio of either sign is kept.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = eff["o_t"] / eff["o_m_train"]
+    t = dict(D=eff["n_train"], seed=eff["seed"], wd=eff["wd"], ratio=ratio, converged=eff["converged"])
+    rhos = [spearman(c["D"], c["ratio"]) for _, c in curves(t) if c["converged"].all()]
+    rhos = np.array([r for r in rhos if np.isfinite(r)])
+    seeds = len({s for (s, _), c in curves(t) if c["converged"].all()})
+    med = float(np.median(rhos)) if len(rhos) else float("nan")
+    v = verdict("the C_gen / C_mem logit ratio rises with D' (App. A.4, Fig. 10)",
+                "\"the ratio of the C_gen to C_mem logit o_t^y/o_m^y should increase monotonically with dataset size\"",
+                f"per ungrokking curve whose runs converged, Spearman's rank correlation of o_t^y/o_m^y with D'; "
+                f"held if the median over curves is >= {min_rho:g}",
+                min_seeds, seeds, "every run of a curve converged", int(eff["converged"].sum()), len(eff["D"]) if "D" in eff
+                else len(eff["n_train"]), f"median rank correlation {med:.2f} over {len(rhos)} curves",
+                spread_text(rhos), outcome(seeds >= min_seeds, len(rhos) > 0, med >= min_rho, med < min_rho))
+    return v
+
+
+# -----------------------------------------------------------------------------
+# Figures: one function per figure of the paper, drawn from saved arrays
+
+
+def plot_fig1(data, path):
+    """One panel of Fig. 1 of the paper: train and test accuracy (and loss) over epochs, log axis."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
+    e = np.maximum(data["epoch"], 1)  # epoch 0 on a log axis: drawn at 1
+    ax.plot(e, data["train_acc"], label="train", color="C0")
+    ax.plot(e, data["test_acc"], label="test", color="C3")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    bx.plot(e, data["train_loss"], label="train", color="C0")
+    bx.plot(e, data["test_loss"], label="test", color="C3")
+    bx.set_yscale("log")
+    bx.set_ylabel("loss")
+    for a in (ax, bx):
+        a.set_xscale("log")
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+        analysis.legend(a, fontsize=8)
+    fig.suptitle(str(data["title"]), fontsize=10)
+    fig.tight_layout()
+    analysis.save_figure(fig, path)
+
+
+def plot_fig4(data, path):
+    """Fig. 4 of the paper: converged test accuracy after ungrokking against D', a line per weight decay."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, wd in enumerate(np.unique(data["wd"])):
+        sel = data["wd"] == wd
+        conv = sel & data["converged"]
+        ax.scatter(data["D"][conv], data["test_acc"][conv], color=f"C{i}", s=10, alpha=0.5)
+        ax.scatter(data["D"][sel & ~data["converged"]], data["test_acc"][sel & ~data["converged"]], color=f"C{i}",
+                   s=18, marker="x", alpha=0.8)
+        xs, ys = mean_by(data["D"][sel], data["test_acc"][sel])
+        ax.plot(xs, ys, color=f"C{i}", marker="o", ms=3, label=f"wd = {wd:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("reduced dataset size D' (x: run not converged)")
+    ax.set_ylabel("final test accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    analysis.legend(ax, fontsize=8)
+    ax.set_title(str(data["title"]), fontsize=9)
+    fig.tight_layout()
+    analysis.save_figure(fig, path)
+
+
+def plot_fig7(data, path):
+    """Fig. 7 of the paper: test accuracy over epochs of every ungrokking run, coloured by D'."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    norm = matplotlib.colors.LogNorm(data["D"].min(), data["D"].max())
+    e = np.maximum(data["epoch"], 1)
+    for r in range(len(data["D"])):
+        ax.plot(e, data["test_acc"][r], color=plt.cm.viridis(norm(data["D"][r])), lw=0.8, alpha=0.8)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="D'")
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch (after the switch to D')")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.set_title(str(data["title"]), fontsize=9)
+    fig.tight_layout()
+    analysis.save_figure(fig, path)
+
+
+def plot_fig5(data, path):
+    """Fig. 5 of the paper: test accuracy over epochs of every semi-grokking run, coloured by final accuracy."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    e = np.maximum(data["epoch"], 1)
+    for r in np.argsort(data["final"]):  # the most generalising runs drawn last, on top
+        ax.plot(e, data["test_acc"][r], color=plt.cm.viridis(data["final"][r]), lw=0.8, alpha=0.8)
+    fig.colorbar(plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, 1), cmap="viridis"), ax=ax,
+                 label="final test accuracy")
+    ax.set_xscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(str(data["title"]), fontsize=9)
+    fig.tight_layout()
+    analysis.save_figure(fig, path)
+
+
+def plot_fig6(data, path):
+    """Fig. 6 of the paper: one semi-grokking run in detail: accuracy, loss and parameter norm over epochs."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    e = np.maximum(data["epoch"], 1)
+    for ax, what in zip(axes[:2], ("acc", "loss")):
+        ax.plot(e, data[f"train_{what}"], label="train", color="C0")
+        ax.plot(e, data[f"test_{what}"], label="test", color="C3")
+        ax.set_ylabel("accuracy" if what == "acc" else "loss")
+        analysis.legend(ax, fontsize=8)
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[1].set_yscale("log")
+    axes[2].plot(e, data["param_norm"], color="k")
+    axes[2].set_ylabel("parameter norm")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(str(data["title"]), fontsize=10)
+    fig.tight_layout()
+    analysis.save_figure(fig, path)
+
+
+def plot_fig8(data, path):
+    """Fig. 8 of the paper: converged test accuracy after ungrokking against D', one panel per task, a line per wd."""
+    tasks = list(dict.fromkeys(str(t) for t in data["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        on = data["task"] == task
+        for i, wd in enumerate(np.unique(data["wd"][on])):
+            sel = on & (data["wd"] == wd)
+            xs, ys = mean_by(data["D"][sel], data["test_acc"][sel])
+            ax.plot(xs, ys, color=f"C{i}", marker="o", ms=3, label=f"wd = {wd:g}")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("reduced dataset size D'")
+        ax.set_title(f"{task} ({grok.TASKS[task]})", fontsize=9)
+        ax.grid(alpha=0.3)
+        analysis.legend(ax, fontsize=7)
+    axes[0, 0].set_ylabel("final test accuracy")
+    fig.suptitle(str(data["title"]), fontsize=10)
+    fig.tight_layout()
+    analysis.save_figure(fig, path)
+
+
+# -----------------------------------------------------------------------------
+# results.md, one function per section; each also draws its figures (from arrays it saves first)
+
+
+def curves_of(run, r):
+    """Train/test accuracy, loss and parameter norm of run r over the recorded epochs."""
+    h = run["hist"]
+    return dict(epoch=h["epoch"], **{k: h[k][r] for k in ("train_acc", "test_acc", "train_loss", "test_loss",
+                                                          "param_norm")})
+
+
+def budget(run):
+    """A directory's task, modulus and epoch budget, for titles: e.g. "add mod 41, up to 6000 epochs"."""
+    c = run["cfg"]
+    stop = ", convergence stop" if c.get("converge_window", 0) > 0 else ""
+    return f"{c['task']} mod {c['p']}, up to {c['epochs']} epochs{stop}"
+
+
+def draw(data, plot, folder, name):
+    """Save a figure's arrays to NAME.npz, then draw NAME.png from the saved file."""
+    npz = os.path.join(folder, name + ".npz")
+    grok.save_npz({k: np.asarray(v) for k, v in data.items()}, npz)
+    plot(analysis.load_npz(npz), os.path.join(folder, name + ".png"))
+
+
+def section_toy(folder):
+    """The toy model (Fig. 2): lines and a summary row."""
+    L = ["## The toy model's three ingredients (Sec. 3, Fig. 2)", ""]
+    csv = path_of(folder, "toy_csv")
+    if not os.path.exists(csv):
+        return L + ["Not run (stage fig2).", ""], []
+    v = check_toy(csv)
+    return L + verdict_lines(v) + ["Figure: `fig2_toy.png`.", ""], [("toy: steps to half the peak loss", v)]
+
+
+def section_grokking(folder):
+    """Grokking (Fig. 1a, 1 run at p=113) and the from-scratch runs that decide it."""
+    L = ["## Grokking (Fig. 1a)", ""]
+    g, s = path_of(folder, "grok"), path_of(folder, "scratch")
+    if finished(g):
+        run = analysis.load_run(g)
+        D = run["runs"]["n_train"][0]
+        title = f"Fig. 1a: grokking, {budget(run)}, D={D} ({100 * D / run['n_pairs']:.0f}% of pairs), wd=1"
+        draw(dict(curves_of(run, 0), title=title), plot_fig1, folder, "fig1a_grokking")
+        c = curves_of(run, 0)
+        L += [f"The paper's standard run ({budget(run)}, one network): train accuracy first >= 0.99 at epoch "
+              f"{first_epoch(c['epoch'], c['train_acc'], 0.99):.0f}, test accuracy at epoch "
+              f"{first_epoch(c['epoch'], c['test_acc'], 0.99):.0f}. One network is shown, not judged. Figures: "
+              "`fig1a_grokking.png`, `analysis_grok/fig9_run0.png`.", ""]
+    if not finished(s):
+        return L + ["The from-scratch sweep was not run (stage fig5): no verdict.", ""], []
+    run = analysis.load_run(s)
+    v = check_grokking(run["hist"]["epoch"], run["hist"]["train_acc"], run["hist"]["test_acc"],
+                       np.array(run["runs"]["seed"]))
+    L += [f"Judged on the from-scratch sweep ({budget(run)}, D = "
+          f"{', '.join(str(d) for d in sorted(set(run['runs']['n_train'])))}):", ""]
+    return L + verdict_lines(v), [("grokking: delay of test behind train accuracy", v)]
+
+
+def ungrok_data(folder, name):
+    """The final-state table of an ungrokking directory, with the source networks' trig shares; None if absent."""
+    d = path_of(folder, name)
+    if not finished(d):
+        return None
+    run = analysis.load_run(d)
+    return run, run_table(run)
+
+
+def section_ungrok(folder):
+    """P2 and P3 from the ungrokking sweep, Fig. 4, 7 and 1b, and the source networks' check."""
+    L = ["## P2 and P3: ungrokking (Sec. 5.2, Fig. 4)", ""]
+    got = ungrok_data(folder, "ungrok")
+    if got is None:
+        return L + ["Not run (stage fig4).", ""], []
+    run, t = got
+    src = analysis.load_run(path_of(folder, "full"))
+    n_pairs = src["n_pairs"]
+    # Sec. 5.2: the ungrokking networks must start as C_gen networks. Fig. 4 caption: "We train on the
+    # full dataset (achieving 100% test accuracy)"; a source counts when > 95% of its logit norm is
+    # trigonometric (App. B, the same test as for C_gen-only networks) over every pair.
+    eff = os.path.join(path_of(folder, "sources"), "efficiency.npz")
+    trig = analysis.load_npz(eff) if os.path.exists(eff) else None
+    good = set()
+    if trig is not None:
+        good = {int(s) for s, f in zip(trig["seed"], trig["trig_frac"]) if f > 0.95}
+        L += ["Source networks (trained on all " + f"{n_pairs} pairs, {budget(src)}): trig share of the logit norm^2 "
+              + ", ".join(f"seed {int(s)}: {f:.3f}" for s, f in zip(trig["seed"], trig["trig_frac"]))
+              + f"; {len(good)} of {len(trig['seed'])} pass > 0.95 and are used.", ""]
+    keep = np.isin(t["seed"], sorted(good))
+    t = {k: v[keep] for k, v in t.items()}
+    title = f"{budget(run)}, from {len(good)} networks trained on every pair"
+    draw(dict(t, title=f"Fig. 4: ungrokking ({title})"), plot_fig4, folder, "fig4_ungrokking")
+    first = np.flatnonzero(keep & (np.array(run["runs"]["wd"]) == min(run["runs"]["wd"])))
+    if len(first):
+        draw(dict(epoch=run["hist"]["epoch"], test_acc=run["hist"]["test_acc"][first],
+                  D=np.array(run["runs"]["n_train"])[first],
+                  title=f"Fig. 7: ungrokking runs, wd={min(run['runs']['wd']):g}, {title}"),
+             plot_fig7, folder, "fig7_ungrokking_runs")
+        r = first[np.argmin(np.array(run["runs"]["n_train"])[first])]
+        draw(dict(curves_of(run, r), title=f"Fig. 1b: ungrokking, a network trained on every pair, then on "
+                                           f"D'={run['runs']['n_train'][r]} (wd={run['runs']['wd'][r]:g}, {budget(run)})"),
+             plot_fig1, folder, "fig1b_ungrokking")
+    if not len(t["D"]):
+        return L + ["No source network passed the check: no verdict.", ""], []
+    p2, p3 = check_p2(t), check_p3(t)
+    L += ["| source seed | wd | runs converged | acc. at smallest D' | at largest D' | width | passes |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in p2["rows"]:
+        n = ((t["seed"] == r["seed"]) & (t["wd"] == r["wd"]))
+        L.append(f"| {r['seed']} | {r['wd']:g} | {int(t['converged'][n].sum())} of {int(n.sum())} | {r['first']:.3f} | "
+                 f"{r['last']:.3f} | {r['width']:.2f}x | {'yes' if r['passed'] else 'no'} |")
+    L += [""] + ["### P2", ""] + verdict_lines(p2) + ["### P3", ""] + verdict_lines(p3)
+    L += ["Figures: `fig4_ungrokking.png`, `fig7_ungrokking_runs.png`, `fig1b_ungrokking.png`.", ""]
+    return L, [("P2: width of the transition in D'", p2), ("P3: spread of the transition over weight decays", p3)]
+
+
+def section_efficiency(folder):
+    """P1 (Fig. 3) from analysis.py's efficiency table of the C_mem-only and from-scratch runs, and Fig. 10's check."""
+    L = ["## P1: efficiency against dataset size (Sec. 5.1, Fig. 3)", ""]
+    out = []
+    eff = os.path.join(path_of(folder, "efficiency"), "efficiency.npz")
+    if os.path.exists(eff):
+        rows = p1_rows(analysis.load_npz(eff))
+        p1 = check_p1(rows)
+        overlap = sorted(set(rows["mem"]["D"].tolist()) & set(rows["gen"]["D"].tolist()))
+        L += verdict_lines(p1) + [f"Dataset sizes where both circuits were trained: {overlap or 'none'}. "
+                                  "Figure: `fig3_efficiency.png`.", ""]
+        out.append(("P1: growth of the norm with D at a fixed logit (c_mem; c_gen)", p1))
+    else:
+        L += ["Not run (stage fig3).", ""]
+    L += ["## The logit ratio against D' (App. A.4, Fig. 10)", ""]
+    eff10 = os.path.join(path_of(folder, "efficiency_ungrok"), "efficiency.npz")
+    if os.path.exists(eff10):
+        v = check_fig10(analysis.load_npz(eff10))
+        L += verdict_lines(v) + ["Figure: `fig10_logit_ratio.png`.", ""]
+        out.append(("Fig. 10: rank correlation of o_t/o_m with D'", v))
+    else:
+        L += ["Not run (stage fig4).", ""]
+    return L, out
+
+
+def section_semi(folder):
+    """P4 from the from-scratch sweep: outcome per run, Fig. 5, 6 and 1c."""
+    L = ["## P4: semi-grokking (Sec. 5.3, Fig. 5, 6, 1c)", ""]
+    s = path_of(folder, "scratch")
+    if not finished(s):
+        return L + ["Not run (stage fig5).", ""], []
+    run = analysis.load_run(s)
+    t = run_table(run)
+    h = run["hist"]
+    rows = semi_outcomes(h["epoch"], h["train_acc"], h["test_acc"], t["converged"])
+    p4 = check_p4(rows, t["seed"])
+    final = np.array([r["final"] for r in rows])
+    draw(dict(epoch=h["epoch"], test_acc=h["test_acc"], final=final,
+              title=f"Fig. 5: {len(rows)} runs from scratch, D in [{t['D'].min()}, {t['D'].max()}] ({budget(run)})"),
+         plot_fig5, folder, "fig5_semi_grokking")
+    names = [r["outcome"] for r in rows]
+    for want in ("semi-grokked", "transient", None):  # the run shown: semi-grokked if any, nearest 0.5
+        pool = [i for i, n in enumerate(names) if want is None or n == want]
+        if pool:
+            r = min(pool, key=lambda i: abs(final[i] - 0.5))
+            break
+    what = f"D={t['D'][r]}, seed {t['seed'][r]}, {budget(run)}: {names[r]}"
+    draw(dict(curves_of(run, r), title=f"Fig. 1c: semi-grokking? ({what})"), plot_fig1, folder, "fig1c_semi_grokking")
+    draw(dict(curves_of(run, r), title=f"Fig. 6: one run of the sweep ({what})"), plot_fig6, folder,
+         "fig6_semi_grokking_run")
+    L += ["| D | seed | train acc >= 0.99 at | test acc then | final | rise half-way at | stopped at | outcome |",
+          "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for i in np.lexsort((t["seed"], t["D"])):
+        q = rows[i]
+        L.append(f"| {t['D'][i]} | {t['seed'][i]} | {q['t_fit']:.0f} | {q['then']:.3f} | {q['final']:.3f} | "
+                 f"{q['t_rise']:.0f} | {t['stop_epoch'][i] if t['converged'][i] else 'not converged'} | {q['outcome']} |")
+    L += [""] + verdict_lines(p4) + [
+        "Figures: `fig5_semi_grokking.png`, `fig6_semi_grokking_run.png`, `fig1c_semi_grokking.png`.", "",
+        f"The paper semi-groks at p=113 over up to 3e7 epochs (Fig. 6); this sweep is {budget(run)}.", ""]
+    return L, [("P4: semi-grokking runs", p4)]
+
+
+def dcrit_section(folder):
+    """D_crit from ungrokking and from scratch, at the 0.5 crossing and the paper's 0.7, with the seed spread."""
+    # Sec. 4.1: D_crit is the dataset size where C_gen and C_mem are equally efficient. App. A.2:
+    # the paper's ungrokking runs reach "a test accuracy of ~0.7 with a dataset size of around
+    # 800-1000" (p=113). Estimates here: the D where a network's converged final test accuracy
+    # crosses 0.5 and 0.7 (interpolated on log D), per network seed; a curve with an unconverged run
+    # gives no estimate. These are measurements, not a prediction: no verdict.
+    L = ["## D_crit for modular addition", "",
+         "The D where converged final test accuracy crosses 0.5 and 0.7 (App. A.2 reads D_crit at ~0.7), "
+         "interpolated on log D, per network seed; a curve with an unconverged run gives no estimate.", "",
+         "| from | modulus | weight decay | level | D_crit (mean) | spread over seeds | seeds with an estimate |",
+         "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows_out = []
+    for name, label, by_wd in (("ungrok", "ungrokking (networks trained on every pair)", True),
+                               ("scratch", "training from scratch", False)):
+        got = ungrok_data(folder, name)
+        if got is None:
+            continue
+        run, t = got
+        for w, level, n, xs in dcrit_estimates(t, by_wd=by_wd):
+            ok = xs[np.isfinite(xs)]
+            mean = f"{ok.mean():.0f}" if len(ok) else "none"
+            L.append(f"| {label} | {run['cfg']['p']} | {'-' if np.isnan(w) else f'{w:g}'} | {level:g} | {mean} | "
+                     f"{spread_text(ok, '{:.0f}')} | {len(ok)} of {n} |")
+            if level == 0.7 and (np.isnan(w) or w == 1.0):
+                rows_out.append((f"D_crit at 0.7, {label.split(' (')[0]}, p={run['cfg']['p']}" +
+                                 ("" if np.isnan(w) else f", wd={w:g}"), mean, spread_text(ok, "{:.0f}"), len(ok)))
+    L += ["", "Paper: ~0.7 test accuracy at D' around 800-1000 for p=113 (App. A.2); D_crit grows with p, so only "
+          "figures at the same p compare.", ""]
+    return L, rows_out
+
+
+def section_fig8(folder):
+    """Fig. 8: ungrokking on a second task (one network: described, judged inconclusive)."""
+    L = ["## Ungrokking on another task (App. A.2, Fig. 8)", ""]
+    got = ungrok_data(folder, "ungrok8")
+    if got is None:
+        return L + ["Not run (stage fig8).", ""], []
+    run, t = got
+    data = dict(t, task=np.array([run["cfg"]["task"]] * len(t["D"])))
+    add = ungrok_data(folder, "ungrok")
+    if add is not None:  # addition beside it, from the fig4 sweep at the same modulus
+        a = add[1]
+        data = {k: np.concatenate([a[k] if k != "task" else np.array([add[0]["cfg"]["task"]] * len(a["D"])), data[k]])
+                for k in data}
+    draw(dict(data, title=f"Fig. 8: ungrokking, {budget(run)}"), plot_fig8, folder, "fig8_ungrokking_tasks")
+    p2, p3 = check_p2(t), check_p3(t)
+    L += [f"{run['cfg']['task']} ({grok.TASKS[run['cfg']['task']]}), {budget(run)}, "
+          f"{len(np.unique(t['seed']))} network(s):", "", "P2:"] + verdict_lines(p2) + ["P3:"] + verdict_lines(p3)
+    L += ["Figure: `fig8_ungrokking_tasks.png`.", ""]
+    return L, []
+
+
+def summary_lines(rows, dcrit):
+    """The summary table of results.md (the README's results table is these lines)."""
+    L = ["## Summary", "", "| claim | measured | spread | seeds | runs converged | verdict |",
+         "| --- | --- | --- | --- | --- | --- |"]
+    for name, v in rows:
+        L.append(f"| {name} | {v['value']} | {v['spread']} | {v['seeds']} | {v['n_converged']} of {v['n_runs']} | "
+                 f"{v['outcome']} |")
+    for name, mean, spread, n in dcrit:
+        L.append(f"| {name} | {mean} | {spread} | {n} | - | estimate |")
+    return L + [""]
+
+
+def report_lines(folder, profile):
+    """results.md for a reproduce.sh output folder: one section per claim, numbers from the saved runs."""
+    L = [f"# Results of `./reproduce.sh {profile}`", "",
+         "Every number below is computed by `report.py` from the files this run wrote; nothing is typed in by hand. "
+         "Each verdict is held, not held or inconclusive; inconclusive means the runs did not meet the check's "
+         "convergence or seed requirement, or the data fell between its held and not-held rules.", ""]
+    times = path_of(folder, "stage_times")
+    if os.path.exists(times):
+        L += ["Stage times on this machine: " + ", ".join(f"{a} {int(b)} s" for a, b in
+                                                         (line.split() for line in open(times) if line.strip())), ""]
+    rows = []
+    for section in (section_toy, section_grokking, section_ungrok, section_efficiency, section_semi, section_fig8):
+        lines, found = section(folder)
+        L += lines
+        rows += found
+    lines, dcrit = dcrit_section(folder)
+    return L + lines + summary_lines(rows, dcrit)
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+
+@dataclass
+class Args:
+    folder: str = ""  # a reproduce.sh output folder (out/quick, out/long, ...)
+    profile: str = "quick"  # the reproduce.sh profile named in results.md
+    where: str = ""  # print the path of this layout entry (relative to the output folder) and exit
+
+
+def main(argv=None):
+    """Entry point: bad input gives one line on stderr and exit code 2, no traceback."""
+    try:
+        ap = grok.OneLineParser(prog="report.py", description=__doc__.split("\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        ap.add_argument("folder", nargs="?", default="", help="a reproduce.sh output folder")
+        grok.add_field_flags(ap, Args, skip=("folder",))
+        args = Args(**vars(ap.parse_args(argv)))
+        if args.where:
+            if args.where not in layout():
+                raise ValueError(f"--where {args.where!r}: not in the layout; allowed: {', '.join(layout())}")
+            print(layout()[args.where])
+            return
+        if not os.path.isdir(args.folder):
+            raise ValueError(f"{args.folder!r}: no such output folder (run ./reproduce.sh first)")
+        lines = report_lines(args.folder, args.profile)
+        analysis.save_text(lines, path_of(args.folder, "results"))
+        print("\n".join(lines))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
