@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import sys
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,6 +226,11 @@ def check_p2(table, low=0.2, high=0.9, max_width=3.0, min_seeds=3):
     counted = [r for r in rows if r["counted"]]
     seeds_ok = min((len({r["seed"] for r in counted if r["wd"] == w}) for w in np.unique(table["wd"])), default=0)
     n_pass = sum(r["passed"] for r in counted)
+    value = (f"{n_pass} of {len(counted)} converged curves pass; widths " + ", ".join(f"{r['width']:.2f}x" for r in counted)
+             if counted else "no curve whose runs all converged")
+    if len(counted) < len(rows):  # shown, not judged: where the unconverged curves stood when the budget ran out
+        value += (f"; at the budget's end, not judged: {sum(r['passed'] for r in rows)} of {len(rows)} curves pass, "
+                  f"widths {spread_text([r['width'] for r in rows])}")
     v = verdict("P2 ungrokking: a phase transition in D' (Sec. 5.2, Fig. 4)",
                 "\"there will be a phase transition around D_crit\"; Fig. 4: \"a sharp transition from strong test "
                 "accuracy to near-zero test accuracy\"",
@@ -232,10 +238,7 @@ def check_p2(table, low=0.2, high=0.9, max_width=3.0, min_seeds=3):
                 f"> {high:g} at the largest, transition within a factor {max_width:g} of D'; held if every counted "
                 "curve passes, not held if fewer than half do",
                 min_seeds, f"{seeds_ok} per weight decay", "every run of a curve converged (grok.py's convergence stop)",
-                int(table["converged"].sum()), len(table["D"]),
-                f"{n_pass} of {len(counted)} counted curves pass; transition widths "
-                + ", ".join(f"{r['width']:.2f}x" for r in counted),
-                spread_text([r["width"] for r in counted]),
+                int(table["converged"].sum()), len(table["D"]), value, spread_text([r["width"] for r in counted]),
                 outcome(seeds_ok >= min_seeds, len(counted) > 0, counted and n_pass == len(counted),
                         n_pass < len(counted) / 2))
     return dict(v, rows=rows)
@@ -249,20 +252,29 @@ def check_p3(table, level=0.5, max_spread=1.5, min_seeds=3):
     # converged; its spread is largest / smallest over the weight decays. Held: the median of
     # that spread over source seeds is <= max_spread; not held: > max_spread.
     wds = np.unique(table["wd"])
-    per_seed = {}
+    per_seed, at_end = {}, {}
     for (s, w), c in curves(table):
-        x = crossing(c["D"], c["test_acc"], level) if c["converged"].all() else float("nan")
-        per_seed.setdefault(s, {})[w] = x
-    spreads = {s: max(x.values()) / min(x.values()) for s, x in per_seed.items()
-               if len(x) == len(wds) and np.isfinite(list(x.values())).all()}
+        x = crossing(c["D"], c["test_acc"], level)
+        per_seed.setdefault(s, {})[w] = x if c["converged"].all() else float("nan")
+        at_end.setdefault(s, {})[w] = x
+    spread_of = lambda d: {s: max(x.values()) / min(x.values()) for s, x in d.items()
+                           if len(x) == len(wds) and np.isfinite(list(x.values())).all()}
+    spreads = spread_of(per_seed)
     med = float(np.median(list(spreads.values()))) if spreads else float("nan")
+    value = (f"median spread {med:.2f}x over {len(spreads)} networks" if spreads
+             else "no network whose curves all converged at every weight decay")
+    if len(spreads) < len(per_seed):  # shown, not judged: the crossings when the budget ran out
+        mean = {w: np.nanmean([at_end[s][w] for s in at_end]) for w in wds}
+        value += ("; at the budget's end, not judged: D' at " + f"{level:g} " +
+                  ", ".join(f"wd={w:g}: {x:.0f}" for w, x in mean.items()) +
+                  f" (mean over networks), spread {spread_text(list(spread_of(at_end).values()))}")
     v = verdict("P3 ungrokking: the transition does not depend on weight decay (Sec. 5.2, Fig. 4)",
                 "\"test accuracy at convergence is independent of the strength of weight decay\"",
                 f"per source network, the D' where converged test accuracy crosses {level:g} at each weight decay "
                 f"({', '.join(f'{w:g}' for w in wds)}); held if the median over networks of largest / smallest "
                 f"<= {max_spread:g}",
                 min_seeds, len(spreads), "every run of the curves converged", int(table["converged"].sum()),
-                len(table["D"]), f"median spread {med:.2f}x", spread_text(list(spreads.values())),
+                len(table["D"]), value, spread_text(list(spreads.values())),
                 outcome(len(spreads) >= min_seeds and len(wds) >= 2, True, med <= max_spread, med > max_spread))
     return dict(v, per_seed=per_seed, spreads=spreads)
 
@@ -270,19 +282,21 @@ def check_p3(table, level=0.5, max_spread=1.5, min_seeds=3):
 def dcrit_estimates(table, levels=(0.5, 0.7), by_wd=True):
     """D_crit per network seed (and weight decay): the D where converged test accuracy crosses each level.
 
-    Rows: (wd or nan, level, seeds with a converged crossing, their values); a curve with an
-    unconverged run gives no value, and a curve that never crosses gives none either (both counted).
+    Rows: (wd or nan, level, curves, the converged curves' values, every curve's value when its
+    budget ran out); a curve with an unconverged run gives no converged value, and a curve that
+    never crosses gives nan.
     """
     out = []
     for level in levels:
         for w in (np.unique(table["wd"]) if by_wd else [float("nan")]):
             sub = {k: v[table["wd"] == w] for k, v in table.items()} if by_wd else table
-            xs, n = [], 0
+            xs, ends, n = [], [], 0
             for _, c in curves(sub, keys=("seed",)):
                 n += 1
+                ends.append(crossing(c["D"], c["test_acc"], level))
                 if c["converged"].all():
-                    xs.append(crossing(c["D"], c["test_acc"], level))
-            out.append((float(w), level, n, np.array(xs)))
+                    xs.append(ends[-1])
+            out.append((float(w), level, n, np.array(xs), np.array(ends)))
     return out
 
 
@@ -436,18 +450,28 @@ def check_fig10(eff, min_rho=0.8, min_seeds=3):
     rhos = np.array([r for r in rhos if np.isfinite(r)])
     seeds = len({s for (s, _), c in curves(t) if c["converged"].all()})
     med = float(np.median(rhos)) if len(rhos) else float("nan")
+    value = (f"median rank correlation {med:.2f} over {len(rhos)} converged curves" if len(rhos)
+             else "no curve whose runs all converged")
+    every = np.array([spearman(c["D"], c["ratio"]) for _, c in curves(t)])
+    if len(rhos) < len(every):  # shown, not judged
+        value += f"; at the budget's end, not judged: median {np.nanmedian(every):.2f} over {len(every)} curves"
     v = verdict("the C_gen / C_mem logit ratio rises with D' (App. A.4, Fig. 10)",
                 "\"the ratio of the C_gen to C_mem logit o_t^y/o_m^y should increase monotonically with dataset size\"",
                 f"per ungrokking curve whose runs converged, Spearman's rank correlation of o_t^y/o_m^y with D'; "
                 f"held if the median over curves is >= {min_rho:g}",
                 min_seeds, seeds, "every run of a curve converged", int(eff["converged"].sum()), len(eff["D"]) if "D" in eff
-                else len(eff["n_train"]), f"median rank correlation {med:.2f} over {len(rhos)} curves",
+                else len(eff["n_train"]), value,
                 spread_text(rhos), outcome(seeds >= min_seeds, len(rhos) > 0, med >= min_rho, med < min_rho))
     return v
 
 
 # -----------------------------------------------------------------------------
 # Figures: one function per figure of the paper, drawn from saved arrays
+
+
+def title_of(data, width):
+    """A figure's saved title, wrapped to lines of at most width characters."""
+    return textwrap.fill(str(data["title"]), width)
 
 
 def plot_fig1(data, path):
@@ -467,7 +491,7 @@ def plot_fig1(data, path):
         a.set_xlabel("epoch")
         a.grid(alpha=0.3)
         analysis.legend(a, fontsize=8)
-    fig.suptitle(str(data["title"]), fontsize=10)
+    fig.suptitle(title_of(data, 120), fontsize=10)
     fig.tight_layout()
     analysis.save_figure(fig, path)
 
@@ -489,7 +513,7 @@ def plot_fig4(data, path):
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     analysis.legend(ax, fontsize=8)
-    ax.set_title(str(data["title"]), fontsize=9)
+    ax.set_title(title_of(data, 75), fontsize=9)
     fig.tight_layout()
     analysis.save_figure(fig, path)
 
@@ -506,7 +530,7 @@ def plot_fig7(data, path):
     ax.set_xlabel("epoch (after the switch to D')")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
-    ax.set_title(str(data["title"]), fontsize=9)
+    ax.set_title(title_of(data, 75), fontsize=9)
     fig.tight_layout()
     analysis.save_figure(fig, path)
 
@@ -524,7 +548,7 @@ def plot_fig5(data, path):
     ax.set_ylabel("test accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.set_title(str(data["title"]), fontsize=9)
+    ax.set_title(title_of(data, 75), fontsize=9)
     fig.tight_layout()
     analysis.save_figure(fig, path)
 
@@ -546,7 +570,7 @@ def plot_fig6(data, path):
         ax.set_xscale("log")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    fig.suptitle(str(data["title"]), fontsize=10)
+    fig.suptitle(title_of(data, 120), fontsize=10)
     fig.tight_layout()
     analysis.save_figure(fig, path)
 
@@ -568,7 +592,7 @@ def plot_fig8(data, path):
         ax.grid(alpha=0.3)
         analysis.legend(ax, fontsize=7)
     axes[0, 0].set_ylabel("final test accuracy")
-    fig.suptitle(str(data["title"]), fontsize=10)
+    fig.suptitle(title_of(data, 120), fontsize=10)
     fig.tight_layout()
     analysis.save_figure(fig, path)
 
@@ -641,6 +665,18 @@ def ungrok_data(folder, name):
     return run, run_table(run)
 
 
+def verified_sources(folder, min_trig=0.95):
+    """The sources' efficiency table (None if absent) and the seeds whose trig share of the logit norm^2 > min_trig."""
+    # Sec. 5.2: the ungrokking networks must start as C_gen networks. Fig. 4 caption: "We train on the
+    # full dataset (achieving 100% test accuracy)"; a source counts when > 95% of its logit norm is
+    # trigonometric (App. B, the same test as for C_gen-only networks) over every pair.
+    eff = os.path.join(path_of(folder, "sources"), "efficiency.npz")
+    if not os.path.exists(eff):
+        return None, set()
+    trig = analysis.load_npz(eff)
+    return trig, {int(s) for s, f in zip(trig["seed"], trig["trig_frac"]) if f > min_trig}
+
+
 def section_ungrok(folder):
     """P2 and P3 from the ungrokking sweep, Fig. 4, 7 and 1b, and the source networks' check."""
     L = ["## P2 and P3: ungrokking (Sec. 5.2, Fig. 4)", ""]
@@ -650,22 +686,16 @@ def section_ungrok(folder):
     run, t = got
     src = analysis.load_run(path_of(folder, "full"))
     n_pairs = src["n_pairs"]
-    # Sec. 5.2: the ungrokking networks must start as C_gen networks. Fig. 4 caption: "We train on the
-    # full dataset (achieving 100% test accuracy)"; a source counts when > 95% of its logit norm is
-    # trigonometric (App. B, the same test as for C_gen-only networks) over every pair.
-    eff = os.path.join(path_of(folder, "sources"), "efficiency.npz")
-    trig = analysis.load_npz(eff) if os.path.exists(eff) else None
-    good = set()
+    trig, good = verified_sources(folder)
     if trig is not None:
-        good = {int(s) for s, f in zip(trig["seed"], trig["trig_frac"]) if f > 0.95}
         L += ["Source networks (trained on all " + f"{n_pairs} pairs, {budget(src)}): trig share of the logit norm^2 "
               + ", ".join(f"seed {int(s)}: {f:.3f}" for s, f in zip(trig["seed"], trig["trig_frac"]))
               + f"; {len(good)} of {len(trig['seed'])} pass > 0.95 and are used.", ""]
-    keep = np.isin(t["seed"], sorted(good))
-    t = {k: v[keep] for k, v in t.items()}
-    title = f"{budget(run)}, from {len(good)} networks trained on every pair"
+    # The figures show every run; the checks use the runs from sources that passed.
+    title = f"{budget(run)}, from {len(np.unique(t['seed']))} networks trained on every pair ({len(good)} pass)"
     draw(dict(t, title=f"Fig. 4: ungrokking ({title})"), plot_fig4, folder, "fig4_ungrokking")
-    first = np.flatnonzero(keep & (np.array(run["runs"]["wd"]) == min(run["runs"]["wd"])))
+    keep = np.isin(t["seed"], sorted(good))
+    first = np.flatnonzero(np.array(run["runs"]["wd"]) == min(run["runs"]["wd"]))
     if len(first):
         draw(dict(epoch=run["hist"]["epoch"], test_acc=run["hist"]["test_acc"][first],
                   D=np.array(run["runs"]["n_train"])[first],
@@ -675,6 +705,7 @@ def section_ungrok(folder):
         draw(dict(curves_of(run, r), title=f"Fig. 1b: ungrokking, a network trained on every pair, then on "
                                            f"D'={run['runs']['n_train'][r]} (wd={run['runs']['wd'][r]:g}, {budget(run)})"),
              plot_fig1, folder, "fig1b_ungrokking")
+    t = {k: v[keep] for k, v in t.items()}
     if not len(t["D"]):
         return L + ["No source network passed the check: no verdict.", ""], []
     p2, p3 = check_p2(t), check_p3(t)
@@ -761,8 +792,11 @@ def dcrit_section(folder):
     L = ["## D_crit for modular addition", "",
          "The D where converged final test accuracy crosses 0.5 and 0.7 (App. A.2 reads D_crit at ~0.7), "
          "interpolated on log D, per network seed; a curve with an unconverged run gives no estimate.", "",
-         "| from | modulus | weight decay | level | D_crit (mean) | spread over seeds | seeds with an estimate |",
-         "| --- | --- | --- | --- | --- | --- | --- |"]
+         "The last column is where every curve stood when its budget ran out, converged or not: shown, not judged.",
+         "",
+         "| from | modulus | weight decay | level | D_crit (mean) | spread over seeds | seeds with an estimate "
+         "| at the budget's end, not judged (spread) |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     rows_out = []
     for name, label, by_wd in (("ungrok", "ungrokking (networks trained on every pair)", True),
                                ("scratch", "training from scratch", False)):
@@ -770,14 +804,20 @@ def dcrit_section(folder):
         if got is None:
             continue
         run, t = got
-        for w, level, n, xs in dcrit_estimates(t, by_wd=by_wd):
-            ok = xs[np.isfinite(xs)]
+        if name == "ungrok":  # only networks verified as C_gen before ungrokking
+            keep = np.isin(t["seed"], sorted(verified_sources(folder)[1]))
+            t = {k: v[keep] for k, v in t.items()}
+        for w, level, n, xs, ends in dcrit_estimates(t, by_wd=by_wd):
+            ok, end = xs[np.isfinite(xs)], ends[np.isfinite(ends)]
             mean = f"{ok.mean():.0f}" if len(ok) else "none"
+            end_text = f"{end.mean():.0f} ({spread_text(end, '{:.0f}')})" if len(end) else "none"
             L.append(f"| {label} | {run['cfg']['p']} | {'-' if np.isnan(w) else f'{w:g}'} | {level:g} | {mean} | "
-                     f"{spread_text(ok, '{:.0f}')} | {len(ok)} of {n} |")
+                     f"{spread_text(ok, '{:.0f}')} | {len(ok)} of {n} | {end_text} |")
             if level == 0.7 and (np.isnan(w) or w == 1.0):
                 rows_out.append((f"D_crit at 0.7, {label.split(' (')[0]}, p={run['cfg']['p']}" +
-                                 ("" if np.isnan(w) else f", wd={w:g}"), mean, spread_text(ok, "{:.0f}"), len(ok)))
+                                 ("" if np.isnan(w) else f", wd={w:g}"),
+                                 f"{mean} converged; {end_text} at the budget's end, not judged",
+                                 spread_text(ok, "{:.0f}"), len(ok)))
     L += ["", "Paper: ~0.7 test accuracy at D' around 800-1000 for p=113 (App. A.2); D_crit grows with p, so only "
           "figures at the same p compare.", ""]
     return L, rows_out

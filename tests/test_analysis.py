@@ -38,16 +38,15 @@ def shift(p):
 
 
 def explicit_trig_projection(Z):
-    """App. B by the letter: project centred Z [p, p, p] onto each p^3-long unit vector cos(w_k(a+b-c))."""
+    """App. B by the letter: project Z [p, p, p] onto each p^3-long unit vector cos(w_k(a+b-c)); Z_M = Z - Z_T."""
     p = Z.shape[-1]
-    Zc = Z - Z.mean(-1, keepdims=True)
-    Z_T, coef = np.zeros_like(Zc), []
+    Z_T, coef = np.zeros_like(Z), []
     for k in range(1, math.ceil((p - 1) / 2) + 1):  # the paper's K = ceil((p-1)/2)
         v = np.cos(2 * np.pi * k * shift(p) / p).ravel()  # [p^3]
         unit = v / np.linalg.norm(v)
-        Z_T += (Zc.ravel() @ unit * unit).reshape(p, p, p)
-        coef.append(Zc.ravel() @ v / (v @ v))
-    return Z_T, Zc - Z_T, np.array(coef)
+        Z_T += (Z.ravel() @ unit * unit).reshape(p, p, p)
+        coef.append(Z.ravel() @ v / (v @ v))
+    return Z_T, Z - Z_T, np.array(coef)
 
 
 def project_onto(basis, X):
@@ -125,20 +124,31 @@ def test_fft_projection_matches_explicit_projection(p):
 def test_pure_trig_logits_land_entirely_in_Z_T(p):
     g = np.random.default_rng(0)
     amp = {2: 3.0, 5: -1.5, p // 2: 0.7}  # any frequencies, including k = p/2 when p is even
-    Z = sum(c * np.cos(2 * np.pi * k * shift(p) / p) for k, c in amp.items())
-    Z = Z + g.normal(size=(p, p, 1)) * 5  # a per-input shift: invisible to softmax, removed by centring
+    trig = sum(c * np.cos(2 * np.pi * k * shift(p) / p) for k, c in amp.items())
+    offset = g.normal(size=(p, p, 1)) * 5  # a per-input shift: invisible to softmax
+    Z = trig + offset
     Z_T, Z_M, coef = A.trig_split(torch.from_numpy(Z))
-    strength = A.trig_strength(coef, A.centre(torch.from_numpy(Z)))
-    assert Z_M.abs().max().item() < 1e-10, f"memorisation part of pure trig logits: {Z_M.abs().max().item():.2e}"
+    # App. B: Z_M = Z - Z_T, so the shift is all of Z_M; the centred variant removes it.
+    err = np.abs(Z_M.numpy() - np.broadcast_to(offset, Z.shape)).max()
+    assert err < 1e-10, f"Z_M differs from the per-input shift by {err:.2e}"
+    assert A.centre(Z_M).abs().max().item() < 1e-10, "the centred Z_M of pure trig logits is not zero"
     want = np.zeros(p // 2)
     for k, c in amp.items():
         want[k - 1] = c
     assert np.abs(coef.numpy() - want).max() < 1e-10, f"coefficients {coef.numpy()} != {want}"
-    assert abs(strength.sum().item() - 1) < 1e-10, f"trig fraction {strength.sum().item()}"
-    # o_t^y: every cos(w_k(a+b-c)) is 1 at the correct label, so the correct trig logit is the amplitude sum.
+    # the trig share of |Z|^2 (the paper's) against the closed form |Z_T|^2 / (|Z_T|^2 + |offset|^2 p)
+    paper = A.trig_strength(coef, torch.from_numpy(Z)).sum().item()
+    closed = (trig ** 2).sum() / ((trig ** 2).sum() + (offset ** 2).sum() * p)
+    centred = A.trig_strength(coef, A.centre(torch.from_numpy(Z))).sum().item()
+    assert abs(paper - closed) < 1e-10 and abs(centred - 1) < 1e-10, f"trig share {paper} vs {closed}, centred {centred}"
+    # o_t^y: every cos(w_k(a+b-c)) is 1 at the correct label, so the correct trig logit is the amplitude sum;
+    # o_m^y is the mean shift at the correct label (App. B), 0 in the centred variant.
     idx = torch.arange(p * p)
-    o_t, o_m = A.correct_logit_means(Z_T, Z_M, idx, (idx // p + idx % p) % p)
-    assert abs(o_t - sum(amp.values())) < 1e-10 and abs(o_m) < 1e-10, f"o_t^y {o_t}, o_m^y {o_m}"
+    labels = (idx // p + idx % p) % p
+    o_t, o_m = A.correct_logit_means(Z_T, Z_M, idx, labels)
+    _, o_m_centred = A.correct_logit_means(Z_T, A.centre(Z_M), idx, labels)
+    assert abs(o_t - sum(amp.values())) < 1e-10, f"o_t^y {o_t}"
+    assert abs(o_m - offset.mean()) < 1e-10 and abs(o_m_centred) < 1e-10, f"o_m^y {o_m} (want {offset.mean()})"
 
 
 def test_random_lookup_table_lands_almost_entirely_in_Z_M():
@@ -167,13 +177,12 @@ def test_restricted_and_excluded_loss_on_known_logits():
     alpha, beta = 2.0, 1.5
     cos = lambda k: np.cos(2 * np.pi * k * shift(p) / p)
     Z_key, Z_other = alpha * sum(cos(k) for k in key), beta * cos(j)
-    offset = np.random.default_rng(0).normal(size=(p, p, 1))  # per-input shift, invisible to softmax
-    Z = Z_key + Z_other + offset
+    Z = Z_key + Z_other
     a, b = np.divmod(np.arange(p * p), p)
     labels = (a + b) % p
     train = np.random.default_rng(1).permutation(p * p)[:80]
-    _, _, coef = A.trig_split(torch.from_numpy(Z))
-    got_r = A.restricted_loss(coef, torch.tensor(key), p)
+    restr = A.restricted_logits(torch.from_numpy(Z), torch.tensor(key)).reshape(p * p, p)
+    got_r = A.loss_acc(restr, torch.arange(p * p), torch.from_numpy(labels))[0]
     want_r = cross_entropy(Z_key, a, b, labels)  # keep only the key frequencies: exactly Z_key
     excl = A.excluded_logits(torch.from_numpy(Z), torch.tensor(key)).reshape(p * p, p)
     got_e = A.loss_acc(excl, torch.from_numpy(train), torch.from_numpy(labels[train]))[0]
@@ -183,24 +192,21 @@ def test_restricted_and_excluded_loss_on_known_logits():
 
 
 @pytest.mark.parametrize("p", [11, 12])
-def test_restricted_and_excluded_loss_against_explicit_projections(p):
+def test_restricted_and_excluded_logits_against_explicit_projections(p):
     g = np.random.default_rng(p)
     Z = g.normal(size=(p, p, p)) * 3
     key = np.array([1, 4, p // 2])
     a, b = np.divmod(np.arange(p * p), p)
-    labels = (a + b) % p
-    # Restricted: the explicit App. B projection on the key directions only, on all pairs.
-    Zc = Z - Z.mean(-1, keepdims=True)
-    Z_R = sum(np.cos(2 * np.pi * k * shift(p) / p) * (Zc * np.cos(2 * np.pi * k * shift(p) / p)).sum()
-              / (np.cos(2 * np.pi * k * shift(p) / p) ** 2).sum() for k in key)
-    _, _, coef = A.trig_split(torch.from_numpy(Z))
-    got_r, want_r = A.restricted_loss(coef, torch.from_numpy(key), p), cross_entropy(Z_R, a, b, labels)
-    assert abs(got_r - want_r) < 1e-10, f"restricted loss {got_r} != {want_r}"
-    # Excluded: for every label c, remove the least-squares fit on cos/sin(w_k(a+b)) over the inputs.
+    # Nanda et al.: for every label c, the least-squares fit on cos/sin(w_k(a+b)) over the inputs;
+    # restricted keeps it (with the constant), excluded removes it (without).
     basis = np.concatenate([fourier_1d(p, k)[(a + b) % p] for k in key], 1)  # [p^2, 2|key|]
-    want = Z.reshape(p * p, p) - project_onto(basis, Z.reshape(p * p, p))
-    got = A.excluded_logits(torch.from_numpy(Z), torch.from_numpy(key)).reshape(p * p, p).numpy()
-    assert np.abs(got - want).max() < 1e-10, f"excluded logits: max |difference| {np.abs(got - want).max():.2e}"
+    with_const = np.concatenate([np.ones((p * p, 1)), basis], 1)
+    flat = Z.reshape(p * p, p)
+    want_r, want_e = project_onto(with_const, flat), flat - project_onto(basis, flat)
+    got_r = A.restricted_logits(torch.from_numpy(Z), torch.from_numpy(key)).reshape(p * p, p).numpy()
+    got_e = A.excluded_logits(torch.from_numpy(Z), torch.from_numpy(key)).reshape(p * p, p).numpy()
+    assert np.abs(got_r - want_r).max() < 1e-10, f"restricted logits: max |difference| {np.abs(got_r - want_r).max():.2e}"
+    assert np.abs(got_e - want_e).max() < 1e-10, f"excluded logits: max |difference| {np.abs(got_e - want_e).max():.2e}"
 
 
 @pytest.mark.parametrize("p", [7, 8])
@@ -314,7 +320,8 @@ def test_real_run_final_is_trigonometric_and_memorisation_era_is_not(grokked):
     restricted, excluded = d["restricted_loss"][-1], d["excluded_loss"][-1]
     assert restricted < min(0.1, d["test_loss"][-1]) and excluded > 1.0, f"restricted {restricted}, excluded {excluded}"
     assert np.nanmedian(d["neuron_fve"][-1]) > 0.8, f"median neuron FVE {np.nanmedian(d['neuron_fve'][-1])}"
-    assert d["o_t"][-1] > 10 * abs(d["o_m_train"][-1]), "after grokking the C_gen logit dominates"
+    # The centred o_m^y: App. B's Z_M also holds each input's mean logit, which no loss sees.
+    assert d["o_t"][-1] > 10 * abs(d["o_m_train_centred"][-1]), "after grokking the C_gen logit dominates"
 
 
 def test_real_run_losses_match_grok_history(grokked):
@@ -367,7 +374,7 @@ def test_efficiency_table_two_ways(tiny_runs):
     hist = np.concatenate([np.load(os.path.join(tiny_runs[k], "history.npz"))["param_norm"][:, -1]
                            for k in ("mem", "gen")])
     assert np.allclose(table["param_norm"], hist, rtol=1e-6), f"{table['param_norm']} != {hist}"
-    # The C_mem-only logit: centred logit of the trained (random) label, straight from grok.forward_last.
+    # The whole logit of the trained (random) label, straight from grok.forward_last.
     params = torch.load(os.path.join(tiny_runs["mem"], "params.pt"))
     split = np.load(os.path.join(tiny_runs["mem"], "train_idx.npz"))
     tokens, _, _, _ = grok.make_dataset("add", 11, "varma")
@@ -375,7 +382,7 @@ def test_efficiency_table_two_ways(tiny_runs):
         idx = split["train_idx"][r][split["train_idx"][r] >= 0]
         logits = grok.forward_last({k: v[r:r + 1] for k, v in params.items()}, tokens[idx][None])[0].double()
         labels = torch.from_numpy(split["train_labels"][r][:len(idx)])
-        want = (logits - logits.mean(-1, keepdim=True))[torch.arange(len(idx)), labels].mean()
+        want = logits[torch.arange(len(idx)), labels].mean()
         assert abs(table["o_train"][r] - want.item()) < 1e-5, f"run {r}: {table['o_train'][r]} != {want.item()}"
     all_gen, no_gen = A.fig3_triples(table, 0.0), A.fig3_triples(table, 1.0)
     assert len(all_gen["gen_logit"]) == 8 and len(no_gen["gen_logit"]) == 0 and int(no_gen["n_dropped"]) == 8

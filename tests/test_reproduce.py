@@ -1,4 +1,4 @@
-"""Tests for the experiment tests of results.md and for reproduce.sh's stage logic (at toy scale).
+"""Tests for reproduce.sh's stage logic and report.py's results.md, on the pipeline at toy scale.
 
 Run: python -m pytest -q tests/test_reproduce.py      (-m "not slow" leaves out the pipeline runs)
 """
@@ -8,144 +8,9 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-import analysis
-import toy_sim
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def table(curves):
-    """A final_table-like dict from {wd: (D values, test accuracies)}, two seeds per point."""
-    D, wd, acc = [], [], []
-    for w, (xs, ys) in curves.items():
-        for x, y in zip(xs, ys):
-            for noise in (-0.01, 0.01):  # two "seeds" around the curve
-                D.append(x), wd.append(w), acc.append(min(1.0, max(0.0, y + noise)))
-    return dict(D=np.array(D), wd=np.array(wd, float), test_acc=np.array(acc), seed=np.zeros(len(D)))
-
-
-SIZES = np.array([150, 250, 400, 550, 750, 1000, 1400])
-SHARP = np.array([0.02, 0.03, 0.05, 0.6, 0.97, 1.0, 1.0])  # jumps between 400 and 750
-DRIFT = np.linspace(0.25, 0.85, len(SIZES))  # never near zero, never near one: no transition
-
-
-def test_crossing_matches_closed_form():
-    # accuracy linear in log D from 0 at D=100 to 1 at D=10000 crosses 0.5 at D=1000 exactly
-    D = np.array([100.0, 300.0, 3000.0, 10000.0])
-    acc = np.log(D / 100) / np.log(100)
-    got = analysis.crossing(D, acc, 0.5)
-    assert abs(got - 1000) < 1e-6, f"crossing {got}, closed form 1000"
-    assert np.isnan(analysis.crossing(D, np.zeros(4), 0.5))
-
-
-def test_p2_verdict_both_ways():
-    held = analysis.test_p2(table({1.0: (SIZES, SHARP), 2.0: (SIZES, SHARP)}))
-    drift = analysis.test_p2(table({1.0: (SIZES, DRIFT), 2.0: (SIZES, DRIFT)}))
-    assert held["held"] and not drift["held"], (held["rows"], drift["rows"])
-
-
-def test_p3_verdict_both_ways():
-    same = analysis.test_p3(table({1.0: (SIZES, SHARP), 3.0: (SIZES, SHARP)}))
-    shifted = analysis.test_p3(table({1.0: (SIZES, SHARP), 3.0: (SIZES * 3, SHARP)}))
-    single = analysis.test_p3(table({1.0: (SIZES, SHARP)}))
-    assert same["held"] and abs(same["spread"] - 1) < 0.05, same["spread"]
-    assert not shifted["held"] and shifted["enough"] and abs(shifted["spread"] - 3) < 0.05, shifted["spread"]
-    assert not single["enough"]
-
-
-def test_toy_ingredients_both_ways(tmp_path):
-    csv = tmp_path / "fig2.csv"
-    assert toy_sim.main(["--out", str(tmp_path / "fig2.png"), "--csv"]) in (None, 0)
-    assert analysis.toy_ingredients(str(csv))["held"]
-    # The same curves with preset (b) replaced by (a)'s: (b) now groks, so the claim must fail.
-    text = csv.read_text().splitlines()
-    head = text[0].split(",")
-    rows = [line.split(",") for line in text[1:]]
-    for k in ("train", "test"):
-        a, b = head.index(f"a_{k}"), head.index(f"b_{k}")
-        for r in rows:
-            r[b] = r[a]
-    csv.write_text("\n".join([",".join(head)] + [",".join(r) for r in rows]) + "\n")
-    assert not analysis.toy_ingredients(str(csv))["held"]
-
-
-def triples(c_mem, c_gen, seed=0):
-    """Fig. 3 triples with P = k o^b D^c (times 1% noise): mem over D 150..600, gen over D 1000..6000."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, c, Ds in (("mem", c_mem, [150, 300, 600]), ("gen", c_gen, [1000, 3000, 6000])):
-        D = np.repeat(Ds, 6).astype(float)
-        logit = np.tile([5.0, 8.0, 12.0, 6.0, 9.0, 14.0], 3)
-        out[f"{name}_logit"], out[f"{name}_D"] = logit, D
-        out[f"{name}_norm"] = 4.0 * logit ** 0.5 * D ** c * np.exp(rng.normal(0, 0.01, len(D)))
-    return out
-
-
-def test_norm_elasticity_recovers_the_exponents():
-    t = triples(0.3, 0.0)
-    b, c, n = analysis.norm_elasticity(t["mem_logit"], t["mem_norm"], t["mem_D"])
-    assert n == 18 and abs(b - 0.5) < 0.02 and abs(c - 0.3) < 0.02, (b, c)
-
-
-def test_p1_verdict_both_ways():
-    held = analysis.test_p1(triples(0.3, 0.0))
-    gen_grows = analysis.test_p1(triples(0.3, 0.3))
-    mem_flat = analysis.test_p1(triples(0.0, 0.0))
-    few = triples(0.3, 0.0)
-    few = {k: (v[:3] if k.startswith("gen") else v) for k, v in few.items()}  # one D for C_gen
-    assert held["held"] and held["enough"], held
-    assert not gen_grows["held"] and gen_grows["enough"], gen_grows
-    assert not mem_flat["held"] and mem_flat["enough"], mem_flat
-    assert not analysis.test_p1(few)["enough"]
-
-
-def semi_run(curves, t_fit=100):
-    """A load_run-like dict whose runs reach train accuracy 1 at t_fit and follow the given test curves."""
-    epoch = np.unique(np.round(np.logspace(0, np.log10(6000), 120)).astype(int))
-    epoch = np.concatenate([[0], epoch])
-    test = np.stack([f(epoch) for f in curves])
-    train = np.where(epoch >= t_fit, 1.0, 0.5)[None].repeat(len(curves), 0)
-    train[-1] = 0.9  # the last run never fits its training set
-    n = len(curves)
-    hist = dict(epoch=epoch, train_acc=train, test_acc=test)
-    return dict(hist=hist, runs=dict(n_train=[700] * n, seed=list(range(n)), wd=[1.0] * n))
-
-
-SEMI = lambda e: np.where(e < 1000, 0.05, np.minimum(0.5, 0.05 + 0.45 * (e - 1000) / 1000))  # delayed, to 0.5
-GROK = lambda e: np.where(e < 1000, 0.05, np.minimum(1.0, 0.05 + (e - 1000) / 1000))  # delayed, to 1
-NONE = lambda e: np.full(len(e), 0.03)
-AT_ONCE = lambda e: np.full(len(e), 0.5)  # middling from the start: no transition
-UNFIT = lambda e: np.where(e < 1000, 0.05, 0.5)  # rises, but train accuracy never >= 0.99
-RISING = lambda e: np.where(e < 2000, 0.05, 0.05 + 0.45 * (e - 2000) / 4000)  # still climbing at the end
-
-
-def test_semi_grokking_outcomes_and_p4_both_ways():
-    run = semi_run([SEMI, GROK, NONE, AT_ONCE, RISING, UNFIT])
-    t = analysis.semi_grok_table(run)
-    assert t["outcome"].tolist() == [1, 2, 0, 0, 3, 0], t["outcome"]
-    e = run["hist"]["epoch"]
-    assert t["t_train"][0] == e[e >= 100][0] and abs(t["acc_final"][0] - 0.5) < 1e-9, (t["t_train"], t["acc_final"])
-    assert t["t_rise"][0] == e[e >= 1500][0], t["t_rise"]  # half-way (0.275) at epoch 1500: its first record
-    assert analysis.test_p4(t)["held"]
-    assert analysis.pick_semi_run(t)[0] == 0
-    t2 = analysis.semi_grok_table(semi_run([GROK, NONE, AT_ONCE, RISING, UNFIT]))
-    p4 = analysis.test_p4(t2)
-    assert not p4["held"] and p4["enough"] and p4["grokked"] == 1 and p4["transient"] == 1, p4
-    assert analysis.pick_semi_run(t2) == (3, "no run semi-grokked; a transient one")
-
-
-def test_dcrit_per_seed_matches_crossing():
-    # two seeds whose accuracy jumps at different D': each seed's crossing is its own
-    D = np.array([100, 200, 400, 800] * 2)
-    acc = np.array([0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0])
-    seed = np.repeat([0, 1], 4)
-    rows = analysis.dcrit_per_seed(dict(D=D, test_acc=acc, seed=seed, wd=np.ones(8)))
-    want = [np.sqrt(200 * 400), np.sqrt(400 * 800)]  # half-way on log D'
-    got = [r[2] for r in rows]
-    assert np.allclose(got, want), (got, want)
 
 
 # -----------------------------------------------------------------------------
@@ -185,12 +50,11 @@ def test_tiny_pipeline_writes_every_output(tiny):
         assert (out / f).exists(), f"{f} missing; log:\n{log}"
     text = (out / "results.md").read_text()
     for section in ("three ingredients", "Grokking (Fig. 1a)", "P2 and P3", "P1:", "P4:", "Fig. 8", "D_crit",
-                    "Summary table"):
+                    "## Summary"):
         assert section in text, section
     assert "Verdict: held" in text.split("## Grokking")[0], "the toy model's claim should hold"
-    # P2/P3 read the fig4 sweeps alone (D' 30, 60), not fig8's sweeps of other tasks (D' 20, 40)
-    p2 = text.split("## P2 and P3")[1].split("## P1")[0]
-    assert "smallest D' (30)" in p2, p2
+    # At toy scale nothing groks or converges: no check on networks may say held.
+    assert "Verdict: held" not in text.split("## Grokking")[1], text
 
 
 @pytest.mark.slow
@@ -211,7 +75,7 @@ def test_interrupted_stage_resumes_from_checkpoints(tiny):
     # and the stage's figures and its done marker were never written.
     (out / "fig4_ungrokking.png").unlink()
     (out / ".done_fig4").unlink()
-    (out / "runs" / "ungrok_wd2" / "params.pt").unlink()
+    (out / "runs" / "ungrok" / "params.pt").unlink()
     code, log = repro(out, "tiny", "fig4")
     assert code == 0, log
     stage_log = (out / "logs" / "fig4.log").read_text()
@@ -222,12 +86,12 @@ def test_interrupted_stage_resumes_from_checkpoints(tiny):
 @pytest.mark.slow
 def test_failing_command_inside_a_stage_fails_the_stage(tiny):
     out, _ = tiny
-    # The second sweep's directory now holds other settings: its grok.py command fails midway
-    # through the stage, after the first sweep succeeded. The stage, and the script, must fail,
+    # The ungrokking sweep's directory now holds other settings: its grok.py command fails midway
+    # through the stage, after the source networks' command succeeded. The stage, and the script, must fail,
     # and the stage must not be marked done.
     (out / "fig4_ungrokking.png").unlink()
     (out / ".done_fig4").unlink()
-    cfg = out / "runs" / "ungrok_wd2" / "config.json"
+    cfg = out / "runs" / "ungrok" / "config.json"
     saved = json.loads(cfg.read_text())
     saved["runs"]["lr"] = [0.5 for _ in saved["runs"]["lr"]]
     cfg.write_text(json.dumps(saved))
