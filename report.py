@@ -864,8 +864,8 @@ def report_lines(folder, profile):
          "convergence or seed requirement, or the data fell between its held and not-held rules.", ""]
     times = path_of(folder, "stage_times")
     if os.path.exists(times):
-        L += ["Stage times on this machine: " + ", ".join(f"{a} {int(b)} s" for a, b in
-                                                         (line.split() for line in open(times) if line.strip())), ""]
+        last = dict(line.split() for line in open(times) if line.strip())  # a stage run again: its latest time
+        L += ["Stage times on this machine: " + ", ".join(f"{a} {int(b)} s" for a, b in last.items()), ""]
     rows = []
     for section in (section_toy, section_grokking, section_ungrok, section_efficiency, section_semi, section_fig8):
         lines, found = section(folder)

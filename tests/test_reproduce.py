@@ -60,27 +60,27 @@ def test_tiny_pipeline_writes_every_output(tiny):
 @pytest.mark.slow
 def test_second_run_skips_finished_stages(tiny):
     out, _ = tiny
-    before = (out / "fig4_ungrokking.png").stat().st_mtime
+    before = (out / "fig10_logit_ratio.png").stat().st_mtime
     code, log = repro(out, "tiny")
     assert code == 0, log
     for name in ("fig2", "fig1a", "fig4", "fig3", "fig5", "fig8"):
         assert f"[{name}] done already" in log, log
-    assert (out / "fig4_ungrokking.png").stat().st_mtime == before
+    assert (out / "fig10_logit_ratio.png").stat().st_mtime == before
 
 
 @pytest.mark.slow
 def test_interrupted_stage_resumes_from_checkpoints(tiny):
     out, _ = tiny
     # As if killed during the fig4 stage: the second sweep has a checkpoint but no params.pt,
-    # and the stage's figures and its done marker were never written.
-    (out / "fig4_ungrokking.png").unlink()
+    # and the stage's last file (Fig. 10) and its done marker were never written.
+    (out / "fig10_logit_ratio.png").unlink()
     (out / ".done_fig4").unlink()
     (out / "runs" / "ungrok" / "params.pt").unlink()
     code, log = repro(out, "tiny", "fig4")
     assert code == 0, log
     stage_log = (out / "logs" / "fig4.log").read_text()
     assert "resuming" in stage_log and "already finished" in stage_log, stage_log[-2000:]
-    assert (out / "fig4_ungrokking.png").exists()
+    assert (out / "fig10_logit_ratio.png").exists()
 
 
 @pytest.mark.slow
@@ -89,7 +89,7 @@ def test_failing_command_inside_a_stage_fails_the_stage(tiny):
     # The ungrokking sweep's directory now holds other settings: its grok.py command fails midway
     # through the stage, after the source networks' command succeeded. The stage, and the script, must fail,
     # and the stage must not be marked done.
-    (out / "fig4_ungrokking.png").unlink()
+    (out / "fig10_logit_ratio.png").unlink()
     (out / ".done_fig4").unlink()
     cfg = out / "runs" / "ungrok" / "config.json"
     saved = json.loads(cfg.read_text())
@@ -97,7 +97,7 @@ def test_failing_command_inside_a_stage_fails_the_stage(tiny):
     cfg.write_text(json.dumps(saved))
     code, log = repro(out, "tiny", "fig4")
     assert code == 1 and "stage 'fig4' failed" in log, log
-    assert not (out / "fig4_ungrokking.png").exists() and not (out / ".done_fig4").exists()
+    assert not (out / "fig10_logit_ratio.png").exists() and not (out / ".done_fig4").exists()
 
 
 def test_failed_stage_names_itself_and_its_log(tmp_path):
