@@ -369,7 +369,7 @@ def bootstrap_fit(rows, B=2000, rng_seed=0):
     return float(c), float(lo), float(hi), n
 
 
-def p1_rows(eff, min_trig=0.95, fit=0.99, min_seeds=3):
+def p1_rows(eff, min_trig=0.95, fit=0.99, min_seeds=3, need_converged=True):
     """The C_mem-only and C_gen-only rows of an efficiency table that P1 may use, with the reasons others left."""
     # Sec. 5.1: "We produce C_mem-only networks by using completely random labels for the training
     # data ... We produce C_gen-only networks by training on large dataset sizes and checking that
@@ -377,9 +377,9 @@ def p1_rows(eff, min_trig=0.95, fit=0.99, min_seeds=3):
     # a C_mem-only run has fitted its training set (train accuracy >= fit) and converged; a
     # C_gen-only run was trained from scratch, converged and has test accuracy >= fit; a dataset
     # size counts for a circuit only with >= min_seeds such runs (independent seeds).
-    mem = eff["random_labels"] & eff["converged"] & (eff["train_acc"] >= fit)
-    gen = (~eff["random_labels"] & ~eff["init_from"] & eff["converged"] & (eff["trig_frac"] > min_trig)
-           & (eff["test_acc"] >= fit))
+    conv = eff["converged"] if need_converged else np.ones(len(eff["converged"]), bool)  # False: shown, not judged
+    mem = eff["random_labels"] & conv & (eff["train_acc"] >= fit)
+    gen = ~eff["random_labels"] & ~eff["init_from"] & conv & (eff["trig_frac"] > min_trig) & (eff["test_acc"] >= fit)
     out = {}
     for name, sel, logit in (("mem", mem, "o_m_train"), ("gen", gen, "o_t")):
         keep = sel.copy()
@@ -726,8 +726,12 @@ def section_efficiency(folder):
     out = []
     eff = os.path.join(path_of(folder, "efficiency"), "efficiency.npz")
     if os.path.exists(eff):
-        rows = p1_rows(analysis.load_npz(eff))
+        table = analysis.load_npz(eff)
+        rows = p1_rows(table)
         p1 = check_p1(rows)
+        if p1["n_converged"] < p1["n_runs"]:  # the same fit on every run, converged or not: shown, not judged
+            every = check_p1(p1_rows(table, need_converged=False))
+            p1["value"] += f"; at the budget's end, not judged: {every['value']}"
         overlap = sorted(set(rows["mem"]["D"].tolist()) & set(rows["gen"]["D"].tolist()))
         L += verdict_lines(p1) + [f"Dataset sizes where both circuits were trained: {overlap or 'none'}. "
                                   "Figure: `fig3_efficiency.png`.", ""]
