@@ -14,6 +14,7 @@ The mechanistic maths (App. B split, Nanda et al.'s measures, Fig. 3, 9, 10) is 
 Launch commands:
     python report.py out/quick --profile quick     # figures + results.md for a reproduce.sh folder
     python report.py --where ungrok                # a path of the layout (reproduce.sh asks this way)
+    python report.py --movement out/quick/runs/ungrok   # how far each run still moved over its last half
 Tests: python -m pytest -q tests/test_report.py
 """
 import argparse
@@ -105,6 +106,26 @@ def run_table(run):
                 train_acc=h["train_acc"][:, -1], test_acc=h["test_acc"][:, -1],
                 converged=np.array([w.startswith("converged") for w in why]),
                 stop_epoch=np.array(h["stop_epoch"] if "stop_epoch" in h else [-1] * R))
+
+
+def movement(run):
+    """Per run: how far test accuracy and the parameter norm (as a fraction of itself) moved over the last half of the records."""
+    # The same quantities as grok.py's convergence stop, over the last half of the epochs of the
+    # whole budget (a stopped run's frozen records included): what kept a run from converging.
+    h = run["hist"]
+    e = h["epoch"]
+    sel = e >= e[-1] / 2
+    acc, norm = h["test_acc"][:, sel], h["param_norm"][:, sel]
+    return np.ptp(acc, axis=1), np.ptp(norm, axis=1) / norm.max(axis=1)
+
+
+def movement_line(run):
+    """One line of results.md: how far the runs of a directory still moved over the second half of their budget."""
+    acc, norm = movement(run)
+    return (f"Over the second half of the budget (epochs {run['hist']['epoch'][-1] // 2}-{run['hist']['epoch'][-1]}) "
+            f"test accuracy moved by median {np.median(acc):.3f} (max {acc.max():.3f}) and the parameter norm by "
+            f"median {100 * np.median(norm):.1f}% (max {100 * norm.max():.1f}%); the convergence stop asks for at most "
+            f"{run['cfg'].get('converge_acc', 0):g} and {100 * run['cfg'].get('converge_norm', 0):g}%.")
 
 
 def first_epoch(epoch, x, level):
@@ -715,7 +736,7 @@ def section_ungrok(folder):
         n = ((t["seed"] == r["seed"]) & (t["wd"] == r["wd"]))
         L.append(f"| {r['seed']} | {r['wd']:g} | {int(t['converged'][n].sum())} of {int(n.sum())} | {r['first']:.3f} | "
                  f"{r['last']:.3f} | {r['width']:.2f}x | {'yes' if r['passed'] else 'no'} |")
-    L += [""] + ["### P2", ""] + verdict_lines(p2) + ["### P3", ""] + verdict_lines(p3)
+    L += ["", movement_line(run), ""] + ["### P2", ""] + verdict_lines(p2) + ["### P3", ""] + verdict_lines(p3)
     L += ["Figures: `fig4_ungrokking.png`, `fig7_ungrokking_runs.png`, `fig1b_ungrokking.png`.", ""]
     return L, [("P2: width of the transition in D'", p2), ("P3: spread of the transition over weight decays", p3)]
 
@@ -733,6 +754,9 @@ def section_efficiency(folder):
             every = check_p1(p1_rows(table, need_converged=False))
             p1["value"] += f"; at the budget's end, not judged: {every['value']}"
         overlap = sorted(set(rows["mem"]["D"].tolist()) & set(rows["gen"]["D"].tolist()))
+        for name in ("mem", "scratch"):
+            if finished(path_of(folder, name)):
+                L += [f"{name}: " + movement_line(analysis.load_run(path_of(folder, name))), ""]
         L += verdict_lines(p1) + [f"Dataset sizes where both circuits were trained: {overlap or 'none'}. "
                                   "Figure: `fig3_efficiency.png`.", ""]
         out.append(("P1: growth of the norm with D at a fixed logit (c_mem; c_gen)", p1))
@@ -780,7 +804,7 @@ def section_semi(folder):
         q = rows[i]
         L.append(f"| {t['D'][i]} | {t['seed'][i]} | {q['t_fit']:.0f} | {q['then']:.3f} | {q['final']:.3f} | "
                  f"{q['t_rise']:.0f} | {t['stop_epoch'][i] if t['converged'][i] else 'not converged'} | {q['outcome']} |")
-    L += [""] + verdict_lines(p4) + [
+    L += ["", movement_line(run), ""] + verdict_lines(p4) + [
         "Figures: `fig5_semi_grokking.png`, `fig6_semi_grokking_run.png`, `fig1c_semi_grokking.png`.", "",
         f"The paper semi-groks at p=113 over up to 3e7 epochs (Fig. 6); this sweep is {budget(run)}.", ""]
     return L, [("P4: semi-grokking runs", p4)]
@@ -836,11 +860,13 @@ def section_fig8(folder):
     run, t = got
     data = dict(t, task=np.array([run["cfg"]["task"]] * len(t["D"])))
     add = ungrok_data(folder, "ungrok")
+    title = f"Fig. 8: ungrokking from networks trained on every pair; {budget(run)}"
     if add is not None:  # addition beside it, from the fig4 sweep at the same modulus
         a = add[1]
         data = {k: np.concatenate([a[k] if k != "task" else np.array([add[0]["cfg"]["task"]] * len(a["D"])), data[k]])
                 for k in data}
-    draw(dict(data, title=f"Fig. 8: ungrokking, {budget(run)}"), plot_fig8, folder, "fig8_ungrokking_tasks")
+        title += f"; {budget(add[0])}"
+    draw(dict(data, title=title), plot_fig8, folder, "fig8_ungrokking_tasks")
     p2, p3 = check_p2(t), check_p3(t)
     L += [f"{run['cfg']['task']} ({grok.TASKS[run['cfg']['task']]}), {budget(run)}, "
           f"{len(np.unique(t['seed']))} network(s):", "", "P2:"] + verdict_lines(p2) + ["P3:"] + verdict_lines(p3)
@@ -888,6 +914,7 @@ class Args:
     folder: str = ""  # a reproduce.sh output folder (out/quick, out/long, ...)
     profile: str = "quick"  # the reproduce.sh profile named in results.md
     where: str = ""  # print the path of this layout entry (relative to the output folder) and exit
+    movement: str = ""  # print, for each run of this grok.py directory, how far it moved over the last half
 
 
 def main(argv=None):
@@ -902,6 +929,14 @@ def main(argv=None):
             if args.where not in layout():
                 raise ValueError(f"--where {args.where!r}: not in the layout; allowed: {', '.join(layout())}")
             print(layout()[args.where])
+            return
+        if args.movement:
+            run = analysis.load_run(args.movement)
+            acc, norm = movement(run)
+            for i in range(len(acc)):
+                print(f"run {i}: D={run['runs']['n_train'][i]} wd={run['runs']['wd'][i]:g} seed={run['runs']['seed'][i]}: "
+                      f"test accuracy moved {acc[i]:.4f}, parameter norm {100 * norm[i]:.2f}%")
+            print(movement_line(run))
             return
         if not os.path.isdir(args.folder):
             raise ValueError(f"{args.folder!r}: no such output folder (run ./reproduce.sh first)")

@@ -217,3 +217,14 @@ def test_where_prints_layout_paths_and_refuses_unknown_names(capsys):
     with pytest.raises(SystemExit) as e:
         report.main(["--where", "nowhere"])
     assert e.value.code == 2 and "allowed:" in capsys.readouterr().err
+
+
+def test_movement_over_the_last_half_matches_closed_form():
+    # test accuracy rising linearly 0 -> 1 over epochs 0..1000 moves 0.5 over epochs 500..1000;
+    # a norm of 10 - e/200 moves from 7.5 to 5.0: 2.5 / 7.5 of its largest value there
+    e = np.arange(0, 1001, 100)
+    run = dict(hist=dict(epoch=e, test_acc=(e / 1000)[None], param_norm=(10 - e / 200)[None]),
+               cfg=dict(converge_acc=0.005, converge_norm=0.005))
+    acc, norm = report.movement(run)
+    assert abs(acc[0] - 0.5) < 1e-12 and abs(norm[0] - 2.5 / 7.5) < 1e-12, (acc, norm)
+    assert "median 0.500" in report.movement_line(run)
