@@ -441,8 +441,10 @@ def check_p1(rows, mem_min=0.0, gen_margin=0.1, min_seeds=3):
                 "C_mem: converged and train acc >= 0.99; C_gen: from scratch, converged, test acc >= 0.99, > 95% trig; "
                 f">= {min_seeds} seeds at each D", nm + ng,
                 rows["n_candidates"]["mem"] + rows["n_candidates"]["gen"],
-                f"c_mem = {cm:.3f} [{mlo:.3f}, {mhi:.3f}] at D = {fmt(sizes['mem'])}; "
-                f"c_gen = {cg:.3f} [{glo:.3f}, {ghi:.3f}] at D = {fmt(sizes['gen'])}",
+                (f"c_mem = {cm:.3f} [{mlo:.3f}, {mhi:.3f}] at D = {fmt(sizes['mem'])}" if nm else
+                 "no C_mem-only run meets the requirements") + "; " +
+                (f"c_gen = {cg:.3f} [{glo:.3f}, {ghi:.3f}] at D = {fmt(sizes['gen'])}" if ng else
+                 "no C_gen-only run meets the requirements"),
                 "90% seed-bootstrap intervals in brackets", outcome(enough, True, held, failed))
     return dict(v, c_mem=(cm, mlo, mhi), c_gen=(cg, glo, ghi), sizes=sizes)
 
