@@ -756,6 +756,12 @@ def section_efficiency(folder):
             every = check_p1(p1_rows(table, need_converged=False))
             p1["value"] += f"; at the budget's end, not judged: {every['value']}"
         overlap = sorted(set(rows["mem"]["D"].tolist()) & set(rows["gen"]["D"].tolist()))
+        every = p1_rows(table, need_converged=False, min_seeds=1)  # per D, how many seeds qualify but for convergence
+        L += ["Seeds per D that qualify but for convergence: C_mem-only " + ", ".join(
+            f"D={int(D)}: {len(np.unique(every['mem']['seed'][every['mem']['D'] == D]))}"
+            for D in np.unique(table["n_train"][table["random_labels"]])) + "; C_gen-only " + ", ".join(
+            f"D={int(D)}: {len(np.unique(every['gen']['seed'][every['gen']['D'] == D]))}"
+            for D in np.unique(table["n_train"][~table["random_labels"] & ~table["init_from"]])) + ".", ""]
         for name in ("mem", "scratch"):
             if finished(path_of(folder, name)):
                 L += [f"{name}: " + movement_line(analysis.load_run(path_of(folder, name))), ""]

@@ -9,8 +9,9 @@
 #
 # Writes out/<profile>/: fig*.png named after the paper's figures, results.md (each claim's
 # check, its numbers and its verdict, held, not held or inconclusive, written by report.py from
-# the runs), runs/ (grok.py run directories) and logs/ (one log per stage). A finished stage is skipped; an interrupted stage runs again and
-# resumes its runs from their checkpoints. Set OUT=dir to write elsewhere.
+# the runs), runs/ (grok.py run directories) and logs/ (one log per stage). A finished stage
+# is skipped; an interrupted stage runs again and resumes its runs from their checkpoints.
+# Set OUT=dir to write elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")"
 
