@@ -3,6 +3,8 @@ unconverged or has too few seeds (inconclusive), against closed forms where ther
 
 Run: python -m pytest -q tests/test_report.py
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -228,3 +230,17 @@ def test_movement_over_the_last_half_matches_closed_form():
     acc, norm = report.movement(run)
     assert abs(acc[0] - 0.5) < 1e-12 and abs(norm[0] - 2.5 / 7.5) < 1e-12, (acc, norm)
     assert "median 0.500" in report.movement_line(run)
+
+
+def test_readme_results_table_is_results_md_line_for_line():
+    # The README's table of results is copied from the saved results.md of the quick profile: the
+    # same lines, so that no number in it is typed by hand.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "README.md")).read()
+    saved = open(os.path.join(root, "figures", "results_quick.md")).read()
+    table = lambda text: [line for line in text.splitlines() if line.startswith("| claim |")
+                          or (line.startswith("| ") and " | held |" in line or " | inconclusive |" in line
+                              or " | not held |" in line or " | estimate |" in line)]
+    got = table(readme.split("### Results of the quick profile")[1].split("What the quick profile shows")[0])
+    want = table(saved.split("## Summary")[1])
+    assert got and got == want, "\n".join(l for l in got if l not in want) or "README table is empty"
