@@ -321,7 +321,12 @@ def dcrit_estimates(table, levels=(0.5, 0.7), by_wd=True):
     return out
 
 
-def semi_outcomes(epoch, train_acc, test_acc, converged, near=0.99, low=0.2, high=0.9, min_rise=0.15, delay=5.0):
+def semi_rule(near=0.99, low=0.2, high=0.9, min_rise=0.15, delay=5.0):
+    """The numbers of P4's classification of a run, in one place (semi_outcomes uses them, check_p4 states them)."""
+    return dict(near=near, low=low, high=high, min_rise=min_rise, delay=delay)
+
+
+def semi_outcomes(epoch, train_acc, test_acc, converged, rule=None):
     """Each run's outcome: "grokked", "semi-grokked", "none", "transient" (unconverged, middling) or "unsettled"."""
     # Sec. 5.3: "(P4) ... we should observe a transition to middling test accuracy well after
     # near-perfect train accuracy". Readings taken: near-perfect train accuracy is >= `near`;
@@ -330,6 +335,8 @@ def semi_outcomes(epoch, train_acc, test_acc, converged, near=0.99, low=0.2, hig
     # later ("well after"). P4 speaks of the network at convergence, so only a converged run
     # (grok.py's convergence stop) is classified; an unconverged middling run is "transient"
     # (Fig. 5: "transient semi-grokking") and any other unconverged run "unsettled".
+    rule = rule or semi_rule()
+    near, low, high, min_rise, delay = (rule[k] for k in ("near", "low", "high", "min_rise", "delay"))
     rows = []
     for tr, te, conv in zip(train_acc, test_acc, converged):
         fit = np.flatnonzero(tr >= near)
@@ -352,7 +359,7 @@ def semi_outcomes(epoch, train_acc, test_acc, converged, near=0.99, low=0.2, hig
     return rows
 
 
-def check_p4(rows, seed, min_runs=16, min_semi=2, **rule):
+def check_p4(rows, seed, min_runs=16, min_semi=2, rule=None):
     """P4, semi-grokking: converged runs with a delayed rise to middling test accuracy, in >= min_semi networks."""
     # Sec. 5.3 / Fig. 5 caption: "Out of 200 runs, at least 6 show clear semi-grokking at the end of
     # training". Held: at least min_semi runs (independent networks: one run is single-network
@@ -360,10 +367,11 @@ def check_p4(rows, seed, min_runs=16, min_semi=2, **rule):
     names = [r["outcome"] for r in rows]
     counts = {k: names.count(k) for k in ("semi-grokked", "grokked", "none", "transient", "unsettled")}
     n_conv = sum(k in ("semi-grokked", "grokked", "none") for k in names)
-    rule_text = (f"a converged run semi-groks when its final test accuracy is in [{rule.get('low', 0.2):g}, "
-                 f"{rule.get('high', 0.9):g}], reached by a rise of >= {rule.get('min_rise', 0.15):g} over its test "
-                 f"accuracy at train accuracy >= {rule.get('near', 0.99):g}, half-way >= {rule.get('delay', 5.0):g}x "
-                 f"later; held if >= {min_semi} runs semi-grok among >= {min_runs}, not held if all converged and none did")
+    q = rule or semi_rule()  # the rule the rows were classified by (semi_outcomes)
+    rule_text = (f"a converged run semi-groks when its final test accuracy is in [{q['low']:g}, {q['high']:g}], reached "
+                 f"by a rise of >= {q['min_rise']:g} over its test accuracy at train accuracy >= {q['near']:g}, half-way "
+                 f">= {q['delay']:g}x later; held if >= {min_semi} runs semi-grok among >= {min_runs}, not held if all "
+                 "converged and none did")
     v = verdict("P4 semi-grokking: middling test accuracy at convergence just above D_crit (Sec. 5.3, Fig. 5)",
                 "\"Out of 200 runs, at least 6 show clear semi-grokking at the end of training\" (Fig. 5)",
                 rule_text, min_runs, f"{len(rows)} runs, {len(np.unique(seed))} seeds",
@@ -482,8 +490,7 @@ def check_fig10(eff, min_rho=0.8, min_seeds=3):
                 "\"the ratio of the C_gen to C_mem logit o_t^y/o_m^y should increase monotonically with dataset size\"",
                 f"per ungrokking curve whose runs converged, Spearman's rank correlation of o_t^y/o_m^y with D'; "
                 f"held if the median over curves is >= {min_rho:g}",
-                min_seeds, seeds, "every run of a curve converged", int(eff["converged"].sum()), len(eff["D"]) if "D" in eff
-                else len(eff["n_train"]), value,
+                min_seeds, seeds, "every run of a curve converged", int(eff["converged"].sum()), len(eff["n_train"]), value,
                 spread_text(rhos), outcome(seeds >= min_seeds, len(rhos) > 0, med >= min_rho, med < min_rho))
     return v
 
