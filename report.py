@@ -432,6 +432,9 @@ def check_p1(rows, mem_min=0.0, gen_margin=0.1, min_seeds=3):
     # 90% interval from resampling network seeds. Held: C_mem's interval lies above mem_min and
     # C_gen's inside [-gen_margin, gen_margin] (doubling D changes C_gen's norm by under 7%). Not
     # held: C_mem's interval lies at or below mem_min, or C_gen's lies wholly outside the margin.
+    # Reading taken: "decreases" is an interval above 0 (any growth of the norm with D), and "stays
+    # constant" an equivalence margin; an earlier point test (c_mem >= 0.1, |c_gen| <= 0.05) had no
+    # interval, and with a few seeds a point estimate cannot tell flat from small.
     fits = {k: bootstrap_fit(rows[k]) if len(rows[k]["D"]) else (float("nan"),) * 3 + (0,) for k in ("mem", "gen")}
     (cm, mlo, mhi, nm), (cg, glo, ghi, ng) = fits["mem"], fits["gen"]
     seeds = min(len(np.unique(rows[k]["seed"])) for k in ("mem", "gen"))
