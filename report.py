@@ -1,8 +1,8 @@
 """
 report.py: the paper's claims, checked from saved runs: the experiment figures and results.md.
 
-Reads the output folder of reproduce.sh (its layout is LAYOUT below, the one place it is written
-down) and writes, from the saved runs only:
+Reads the output folder of reproduce.sh (its layout is layout() below, the one place it is
+written down) and writes, from the saved runs only:
   - the experiment figures: Fig. 1a/1b/1c (grokking, ungrokking, semi-grokking runs), Fig. 4 and 7
     (ungrokking against D'), Fig. 5 and 6 (semi-grokking), Fig. 8 (ungrokking on another task);
   - results.md: one section per claim, each with a verdict that is "held", "not held" or
@@ -673,8 +673,8 @@ def section_grokking(folder):
         run = analysis.load_run(g)
         D = run["runs"]["n_train"][0]
         title = f"Fig. 1a: grokking, {budget(run)}, D={D} ({100 * D / run['n_pairs']:.0f}% of pairs), wd=1"
-        draw(dict(curves_of(run, 0), title=title), plot_fig1, folder, "fig1a_grokking")
         c = curves_of(run, 0)
+        draw(dict(c, title=title), plot_fig1, folder, "fig1a_grokking")
         L += [f"The paper's standard run ({budget(run)}, one network): train accuracy first >= 0.99 at epoch "
               f"{first_epoch(c['epoch'], c['train_acc'], 0.99):.0f}, test accuracy at epoch "
               f"{first_epoch(c['epoch'], c['test_acc'], 0.99):.0f}. One network is shown, not judged. Figures: "
@@ -689,8 +689,8 @@ def section_grokking(folder):
     return L + verdict_lines(v), [("grokking: delay of test behind train accuracy", v)]
 
 
-def ungrok_data(folder, name):
-    """The final-state table of an ungrokking directory, with the source networks' trig shares; None if absent."""
+def run_data(folder, name):
+    """A finished run directory of the layout and its run_table: (run, table), or None if it has not finished."""
     d = path_of(folder, name)
     if not finished(d):
         return None
@@ -713,7 +713,7 @@ def verified_sources(folder, min_trig=0.95):
 def section_ungrok(folder):
     """P2 and P3 from the ungrokking sweep, Fig. 4, 7 and 1b, and the source networks' check."""
     L = ["## P2 and P3: ungrokking (Sec. 5.2, Fig. 4)", ""]
-    got = ungrok_data(folder, "ungrok")
+    got = run_data(folder, "ungrok")
     if got is None:
         return L + ["Not run (stage fig4).", ""], []
     run, t = got
@@ -763,14 +763,15 @@ def section_efficiency(folder):
         rows = p1_rows(table)
         p1 = check_p1(rows)
         if p1["n_converged"] < p1["n_runs"]:  # the same fit on every run, converged or not: shown, not judged
-            every = check_p1(p1_rows(table, need_converged=False))
-            p1["value"] += f"; at the budget's end, not judged: {every['value']}"
+            at_end = check_p1(p1_rows(table, need_converged=False))
+            p1["value"] += f"; at the budget's end, not judged: {at_end['value']}"
         overlap = sorted(set(rows["mem"]["D"].tolist()) & set(rows["gen"]["D"].tolist()))
-        every = p1_rows(table, need_converged=False, min_seeds=1)  # per D, how many seeds qualify but for convergence
+        near = p1_rows(table, need_converged=False, min_seeds=1)  # per D, how many seeds qualify but for convergence
+        seeds_at = lambda c, D: len(np.unique(near[c]["seed"][near[c]["D"] == D]))
         L += ["Seeds per D that qualify but for convergence: C_mem-only " + ", ".join(
-            f"D={int(D)}: {len(np.unique(every['mem']['seed'][every['mem']['D'] == D]))}"
-            for D in np.unique(table["n_train"][table["random_labels"]])) + "; C_gen-only " + ", ".join(
-            f"D={int(D)}: {len(np.unique(every['gen']['seed'][every['gen']['D'] == D]))}"
+            f"D={int(D)}: {seeds_at('mem', D)}" for D in np.unique(table["n_train"][table["random_labels"]]))
+            + "; C_gen-only " + ", ".join(
+            f"D={int(D)}: {seeds_at('gen', D)}"
             for D in np.unique(table["n_train"][~table["random_labels"] & ~table["init_from"]])) + ".", ""]
         for name in ("mem", "scratch"):
             if finished(path_of(folder, name)):
@@ -846,7 +847,7 @@ def dcrit_section(folder):
     rows_out = []
     for name, label, by_wd in (("ungrok", "ungrokking (networks trained on every pair)", True),
                                ("scratch", "training from scratch", False)):
-        got = ungrok_data(folder, name)
+        got = run_data(folder, name)
         if got is None:
             continue
         run, t = got
@@ -872,12 +873,12 @@ def dcrit_section(folder):
 def section_fig8(folder):
     """Fig. 8: ungrokking on a second task (one network: described, judged inconclusive)."""
     L = ["## Ungrokking on another task (App. A.2, Fig. 8)", ""]
-    got = ungrok_data(folder, "ungrok8")
+    got = run_data(folder, "ungrok8")
     if got is None:
         return L + ["Not run (stage fig8).", ""], []
     run, t = got
     data = dict(t, task=np.array([run["cfg"]["task"]] * len(t["D"])))
-    add = ungrok_data(folder, "ungrok")
+    add = run_data(folder, "ungrok")
     title = f"Fig. 8: ungrokking from networks trained on every pair; {budget(run)}"
     if add is not None:  # addition beside it, from the fig4 sweep at the same modulus
         a = add[1]
