@@ -47,6 +47,7 @@ except ImportError:
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.adamw import adamw as torch_adamw  # torch's AdamW as a function: its fused kernel, for the fast step
 from torch.utils.flop_counter import FlopCounterMode
 
 # -----------------------------------------------------------------------------
@@ -645,7 +646,7 @@ def start_or_resume(out, settings, init, device):
         params, state, hist, start, wall0 = ck["params"], ck["state"], ck["hist"], ck["epoch"], ck["wall_s"]
         stops = ck.get("stops", stops)
         print(f"resuming {out} from epoch {start}", flush=True)
-    params = {n: t.to(device).requires_grad_() for n, t in params.items()}
+    params = {n: t.to(device) for n, t in params.items()}
     state = {k: {n: t.to(device) for n, t in s.items()} for k, s in state.items()}
     return params, state, hist, stops, start, wall0
 
@@ -828,8 +829,6 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
                   test_idx=test_idx), os.path.join(out, "train_idx.npz"))
     train_set = eval_set(tokens, train_idx, torch.as_tensor(train_labels), device)
     test_set = eval_set(tokens, test_idx, labels[torch.as_tensor(np.maximum(test_idx, 0))], device)
-    lr = torch.tensor(runs["lr"], dtype=torch.float32, device=device)
-    wd = torch.tensor(runs["wd"], dtype=torch.float32, device=device)
 
     params, state, hist, stops, start, wall0 = start_or_resume(out, settings, init, device)
     records = record_epochs(cfg.epochs, cfg.log_every, cfg.log_points)
@@ -837,11 +836,16 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
     first_bad = torch.full((R,), -1, dtype=torch.long, device=device)  # each run's first non-finite loss, on the device
     t0 = time.perf_counter()
     wall = lambda: wall0 + time.perf_counter() - t0
-    batches = None  # the training runs' batches: rebuilt whenever a run stops (diverged or converged)
+    # The training runs step in a batch (make_batch): a working copy of their state in batch order,
+    # written back into params and state wherever those are read, and rebuilt whenever a run stops.
+    batch = None
     for epoch in range(start, cfg.epochs + 1):
-        if epoch == cfg.epochs or (epoch % cfg.ckpt_every == 0 and epoch > start):
+        checkpoint = epoch == cfg.epochs or (epoch % cfg.ckpt_every == 0 and epoch > start)
+        if batch is not None and (checkpoint or epoch in snaps or epoch in records):
+            write_back(batch, params, state)
+        if checkpoint:
             if freeze_diverged(out, params, state, hist, stops, first_bad, init):
-                batches = None
+                batch = None
             if epoch < cfg.epochs:  # the end is saved after the loop
                 save_checkpoint(out, params, state, hist, stops, epoch, wall(), settings)
         if epoch in snaps:
@@ -855,7 +859,7 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
                                              test_acc=test_acc, param_norm=param_norm(params)))
             if cfg.converge_window > 0 and stop_converged(hist, stops, cfg.converge_window, cfg.converge_acc,
                                                            cfg.converge_norm, cfg.converge_span):
-                batches = None
+                batch = None
             stop = cfg.stop_acc > 0 and bool((test_acc >= cfg.stop_acc).all())
             if epoch % cfg.print_every == 0 or epoch == cfg.epochs or stop:
                 print(progress_line(hist, epoch, cfg.epochs, (epoch - start) / max(wall() - wall0, 1e-9)), flush=True)
@@ -865,16 +869,12 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
         active = [r for r in range(R) if stops["epoch"][r] < 0]  # the runs still training
         if epoch == cfg.epochs or not active:
             break
-        if batches is None:
-            batches = make_batches(runs["n_train"], tokens, train_idx, train_labels, cfg.pad_ratio, device, active)
-            step_lr = lr * torch.tensor([e < 0 for e in stops["epoch"]], device=device)  # 0: a stopped run stays put
-        loss = train_forward(params, batches)  # [len(active)]: each active run's mean loss over its own D
+        if batch is None:
+            batch = make_batch(params, state, runs, tokens, train_idx, train_labels, cfg.pad_ratio, device, active)
+        loss = train_step(batch, epoch + 1, cfg.beta1, cfg.beta2, cfg.eps)  # [A]: each run's mean loss over its own D
         with torch.no_grad():  # a running flag on the device: read only at checkpoints and at the end
-            idx = batches["active"]
+            idx = batch["order"]
             first_bad[idx] = torch.where(~torch.isfinite(loss) & (first_bad[idx] < 0), epoch, first_bad[idx])
-        grads = dict(zip(params, torch.autograd.grad(loss.sum(), list(params.values()))))
-        with torch.no_grad():
-            adamw_step(params, grads, state, epoch + 1, step_lr, wd, cfg.beta1, cfg.beta2, cfg.eps)
     if not any(e < 0 for e in stops["epoch"]):
         print(f"every run has stopped (converged or diverged); stopping at epoch {epoch}", flush=True)
 
@@ -896,28 +896,64 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
 # The README gives the measured figures and the floor.
 
 
-def last_position_attention(params, tokens):
-    """The residual table [R, T, d_vocab, d_model] and the last position's attention pattern [R, B, T, n_heads]."""
+def attention_tables(params):
+    """The residual table [R, T, d_vocab, d_model] and the attention score table [R, d_vocab, T, d_vocab, n_heads]."""
     # The residual stream entering the layer at position j is W_E[token_j] + W_pos[j]: a function
     # of (j, token_j) alone. So every query, key and value is a row of a small table over
     # (position, token), computed once for all inputs (a few hundred rows, not B * n_ctx).
     W_E, W_pos = params["W_E"], params["W_pos"]
-    R, B, T = tokens.shape
-    d_vocab = W_E.shape[1]
-    n_heads, d_head = params["W_Q"].shape[1], params["W_Q"].shape[3]
+    d_head = params["W_Q"].shape[3]
     resid_tab = W_E[:, None] + W_pos[:, :, None]  # [R, T, d_vocab, d_model]: row (j, t) = W_E[t] + W_pos[j]
     q_tab = torch.einsum("rvd,rhde->rvhe", resid_tab[:, -1], params["W_Q"])  # [R, d_vocab, n_heads, d_head]
     k_tab = torch.einsum("rtvd,rhde->rtvhe", resid_tab, params["W_K"])  # [R, T, d_vocab, n_heads, d_head]
     score_tab = torch.einsum("rqhe,rtkhe->rqtkh", q_tab, k_tab) / math.sqrt(d_head)  # [R, d_vocab, T, d_vocab, n_heads]
+    return resid_tab, score_tab
+
+
+def last_position_pattern(score_tab, run, tokens):
+    """The last position's attention pattern [..., T, n_heads] for inputs tokens [..., T] of runs run (broadcast to tokens[..., 0])."""
     # Each input's scores: the row of (run, last token as the query, position j, token_j as the key).
     # The table is flattened so that one index_select does the lookup: its backward is an index_add,
     # 12x faster here than advanced indexing's (0.16 vs 1.9 ms for 3830 rows).
-    run = torch.arange(R, device=tokens.device).view(R, 1, 1)
+    d_vocab, T, n_heads = score_tab.shape[1], score_tab.shape[2], score_tab.shape[4]
     pos = torch.arange(T, device=tokens.device)
-    s_row = (run * d_vocab + tokens[..., -1:]) * (T * d_vocab) + pos * d_vocab + tokens  # [R, B, T]
-    scores = score_tab.reshape(-1, n_heads).index_select(0, s_row.flatten()).view(R, B, T, n_heads)
+    s_row = ((run[..., None] * d_vocab + tokens[..., -1:]) * T + pos) * d_vocab + tokens  # [..., T]
+    scores = score_tab.reshape(-1, n_heads).index_select(0, s_row.flatten()).view(*s_row.shape, n_heads)
     # The causal mask lets the last position see every position: it masks nothing there.
-    return resid_tab, scores.softmax(dim=2)  # pattern: the last query's attention over the T keys
+    return scores.softmax(dim=-2)  # [..., T, n_heads]: the last query's attention over the T keys
+
+
+def last_position_attention(params, tokens):
+    """The residual table [R, T, d_vocab, d_model] and the last position's attention pattern [R, B, T, n_heads]."""
+    resid_tab, score_tab = attention_tables(params)
+    run = torch.arange(tokens.shape[0], device=tokens.device).view(-1, 1)  # [R, 1]
+    return resid_tab, last_position_pattern(score_tab, run, tokens)
+
+
+def attention_output(params, resid_tab, pattern, run, tokens):
+    """The last position's mixed values z [..., n_heads * d_head] (before W_O) and its own residual row [..., d_model]."""
+    T, d_vocab, d_model = resid_tab.shape[1:]
+    n_heads, d_head = params["W_V"].shape[1], params["W_V"].shape[3]
+    v_tab = torch.einsum("rtvd,rhde->rtvhe", resid_tab, params["W_V"])  # [R, T, d_vocab, n_heads, d_head]
+    pos = torch.arange(T, device=tokens.device)
+    kv_row = (run[..., None] * T + pos) * d_vocab + tokens  # [..., T]: row of (run, j, token_j)
+    v_flat = v_tab.reshape(-1, n_heads, d_head)
+    z = 0  # [..., n_heads, d_head]: one lookup per position keeps the largest intermediate at [..., d_model]
+    for j in range(T):
+        z = z + pattern[..., j, :, None] * v_flat.index_select(0, kv_row[..., j].flatten()).view(*kv_row.shape[:-1], n_heads, d_head)
+    resid = resid_tab.reshape(-1, d_model).index_select(0, kv_row[..., -1].flatten()).view(*kv_row.shape[:-1], d_model)
+    return z.flatten(-2), resid
+
+
+def mlp_logits(params, z, resid, return_hidden=False):
+    """W_O, the MLP and the unembedding at the last position: z [R, B, n_heads*d_head], resid [R, B, d_model] -> logits [R, B, n_out]."""
+    R, d_model = resid.shape[0], resid.shape[2]
+    resid = torch.baddbmm(resid, z, params["W_O"].reshape(R, -1, d_model))  # [R, B, d_model]
+    # In-place bias and ReLU reuse the fresh [R, B, d_mlp] buffer.
+    hidden = torch.bmm(resid, params["W_in"]).add_(params["b_in"][:, None]).relu_()  # [R, B, d_mlp]
+    resid = torch.baddbmm(resid + params["b_out"][:, None], hidden, params["W_out"])  # [R, B, d_model]
+    logits = torch.bmm(resid, params["W_U"])  # [R, B, n_out]
+    return (logits, hidden) if return_hidden else logits
 
 
 def forward_last(params, tokens, return_hidden=False):
@@ -928,24 +964,10 @@ def forward_last(params, tokens, return_hidden=False):
     # 2. Queries, keys and values are rows of small per-(position, token) tables, and the causal
     #    mask hides nothing from the last position (last_position_attention).
     # The sums are the same; only the order of floating-point additions differs.
-    R, B, T = tokens.shape
-    n_heads, d_head = params["W_Q"].shape[1], params["W_Q"].shape[3]
     resid_tab, pattern = last_position_attention(params, tokens)  # [R, T, d_vocab, d_model], [R, B, T, n_heads]
-    d_vocab, d_model = resid_tab.shape[2:]
-    v_tab = torch.einsum("rtvd,rhde->rtvhe", resid_tab, params["W_V"])  # [R, T, d_vocab, n_heads, d_head]
-    run = torch.arange(R, device=tokens.device).view(R, 1, 1)
-    kv_row = (run * T + torch.arange(T, device=tokens.device)) * d_vocab + tokens  # [R, B, T]: row of (run, j, token_j)
-    v_flat = v_tab.reshape(-1, n_heads, d_head)
-    z = 0  # [R, B, n_heads, d_head]: one lookup per position keeps the largest intermediate at [R, B, d_model]
-    for j in range(T):
-        z = z + pattern[:, :, j, :, None] * v_flat.index_select(0, kv_row[..., j].flatten()).view(R, B, n_heads, d_head)
-    resid = resid_tab.reshape(-1, d_model).index_select(0, kv_row[..., -1].flatten()).view(R, B, d_model)
-    resid = torch.baddbmm(resid, z.reshape(R, B, n_heads * d_head), params["W_O"].reshape(R, n_heads * d_head, d_model))
-    # MLP and unembedding at the last position; in-place bias and ReLU reuse the fresh [R, B, d_mlp] buffer.
-    hidden = torch.bmm(resid, params["W_in"]).add_(params["b_in"][:, None]).relu_()  # [R, B, d_mlp]
-    resid = torch.baddbmm(resid + params["b_out"][:, None], hidden, params["W_out"])  # [R, B, d_model]
-    logits = torch.bmm(resid, params["W_U"])  # [R, B, n_out]
-    return (logits, hidden) if return_hidden else logits
+    run = torch.arange(tokens.shape[0], device=tokens.device).view(-1, 1)  # [R, 1]
+    z, resid = attention_output(params, resid_tab, pattern, run, tokens)  # [R, B, n_heads*d_head], [R, B, d_model]
+    return mlp_logits(params, z, resid, return_hidden)
 
 
 @torch.no_grad()
@@ -997,30 +1019,105 @@ def pad_groups(n_train, ratio):
     return groups
 
 
-def make_batches(n_train, tokens, train_idx, train_labels, pad_ratio, device, active, groups=None):
-    """The active runs' training sets as batches of runs with similar D (dicts of run selector, tokens,
-    labels, weights), and the active runs' positions, for putting their losses back in order."""
-    groups = groups or [[active[i] for i in g] for g in pad_groups([n_train[r] for r in active], pad_ratio)]
-    batches = []
-    for g in groups:
-        n = max(n_train[r] for r in g)
-        idx = train_idx[g, :n]  # [R_g, D_g], -1 = padding
-        contiguous = g == list(range(g[0], g[-1] + 1))  # then the group takes views of the parameters
-        batches.append(dict(
-            sel=slice(g[0], g[-1] + 1) if contiguous else torch.tensor(g, device=device),
-            tokens=tokens[torch.as_tensor(np.maximum(idx, 0))].to(device),  # [R_g, D_g, n_ctx]
-            labels=torch.as_tensor(train_labels[g, :n], device=device),  # [R_g, D_g]
-            weight=torch.as_tensor((idx >= 0) / (idx >= 0).sum(1, keepdims=True), device=device)))  # mean over own D
-    order = [r for g in groups for r in g]  # the runs in the order train_forward meets them
-    unsort = torch.as_tensor(np.argsort(order), device=device)  # ... and back to the order of `active`
-    return dict(groups=batches, unsort=unsort, active=torch.as_tensor(sorted(order), device=device))
+def batch_groups(n_train, lrs, active, pad_ratio):
+    """The active runs as groups of similar D and one learning rate (lists of run indices), in batch order."""
+    groups = []
+    for lr in sorted(set(lrs[r] for r in active)):  # one lr per stretch of the batch: one fused AdamW call each
+        runs = [r for r in active if lrs[r] == lr]
+        groups += [[runs[i] for i in g] for g in pad_groups([n_train[r] for r in runs], pad_ratio)]
+    return groups
 
 
-def train_forward(params, batches):
-    """Each active run's training loss (a mean over its own D), in the order of the active runs: [A]."""
-    losses = [cross_entropy(forward_last({n: t[b["sel"]] for n, t in params.items()}, b["tokens"]), b["labels"], b["weight"])
-              for b in batches["groups"]]
-    return torch.cat(losses).index_select(0, batches["unsort"])
+def make_batch(params, state, runs, tokens, train_idx, train_labels, pad_ratio, device, active, groups=None):
+    """The active runs' training state in batch order (a working copy of their parameters and AdamW moments) and training sets.
+
+    In batch order the runs of each group are neighbours, so each group's parameters are one piece
+    of torch.split, whose backward concatenates the pieces' gradients: every parameter's gradient
+    comes back once, at the batch's size. (Indexing or slicing the parameters per group would
+    instead make a full-size zero gradient for every group and add the group's part into it.)
+    write_back puts the working copy back into params and state.
+    """
+    groups = groups or batch_groups(runs["n_train"], runs["lr"], active, pad_ratio)
+    order = [r for g in groups for r in g]  # the runs in batch order
+    pick = torch.as_tensor(order, device=device)
+    sizes = [max(runs["n_train"][r] for r in g) for g in groups]  # each group's padded D
+    idx = [train_idx[g, :n] for g, n in zip(groups, sizes)]  # [R_g, D_g] each, -1 = padding
+    first = np.cumsum([0] + [len(g) for g in groups])  # each group's first row in the batch
+    return dict(
+        order=pick, lrs=[runs["lr"][r] for r in order], wd=[runs["wd"][r] for r in order],
+        params={n: t.detach().index_select(0, pick).requires_grad_() for n, t in params.items()},  # [A, ...]
+        state={k: {n: t.index_select(0, pick) for n, t in s.items()} for k, s in state.items()},
+        runs_per_group=[len(g) for g in groups],
+        # Every group's inputs, one after another: tokens [N, n_ctx] and the batch row of each input [N].
+        tokens=torch.cat([tokens[torch.as_tensor(np.maximum(i, 0))].flatten(0, 1) for i in idx]).to(device),
+        run=torch.cat([torch.arange(a, a + len(g)).repeat_interleave(n) for a, g, n in zip(first, groups, sizes)]).to(device),
+        labels=[torch.as_tensor(train_labels[g, :n], device=device) for g, n in zip(groups, sizes)],  # [R_g, D_g]
+        weight=[torch.as_tensor((i >= 0) / (i >= 0).sum(1, keepdims=True), device=device) for i in idx])  # mean over own D
+
+
+def write_back(batch, params, state):
+    """Copy a batch's working parameters and AdamW moments into the [R, ...] params and state (run order)."""
+    with torch.no_grad():
+        for n, t in params.items():
+            t.index_copy_(0, batch["order"], batch["params"][n])
+        for k, s in state.items():
+            for n, t in s.items():
+                t.index_copy_(0, batch["order"], batch["state"][k][n])
+
+
+def batch_losses(params, batch):
+    """Each run's training loss (its mean over its own D), in batch order: [A]. forward_last, with shared work done once.
+
+    The attention tables, lookups and value mixing do not depend on which runs share a group, so
+    they are computed once for all runs and inputs; only W_O, the MLP and the unembedding, whose
+    matmuls need one weight matrix per run, go group by group.
+    """
+    resid_tab, score_tab = attention_tables(params)  # [A, T, d_vocab, d_model], [A, d_vocab, T, d_vocab, n_heads]
+    pattern = last_position_pattern(score_tab, batch["run"], batch["tokens"])  # [N, T, n_heads]
+    z, resid = attention_output(params, resid_tab, pattern, batch["run"], batch["tokens"])  # [N, H*E], [N, d_model]
+    per_group = [len(w.flatten()) for w in batch["weight"]]  # inputs per group: R_g * D_g
+    late = ("W_O", "W_in", "b_in", "W_out", "b_out", "W_U")
+    pieces = {n: params[n].split(batch["runs_per_group"]) for n in late}
+    losses = []
+    for g, (z_g, resid_g) in enumerate(zip(z.split(per_group), resid.split(per_group))):
+        shape = batch["weight"][g].shape  # [R_g, D_g]
+        logits = mlp_logits({n: pieces[n][g] for n in late}, z_g.view(*shape, -1), resid_g.view(*shape, -1))
+        losses.append(cross_entropy(logits, batch["labels"][g], batch["weight"][g]))  # [R_g]
+    return torch.cat(losses)
+
+
+def adamw_step_fused(params, grads, state, step, lrs, wd, beta1, beta2, eps):
+    """adamw_step with torch's fused AdamW kernel, one pass over memory per tensor; lrs and wd are lists of floats [R]."""
+    # adamw_step makes about ten passes over every tensor, one per elementwise operation; the fused
+    # kernel reads p, g, m and v once and writes p, m and v once, with the same arithmetic (eps
+    # outside the bias-corrected root). It takes one lr and one weight decay per call, so the
+    # decoupled decay p *= 1 - lr*wd is applied first, per run as in adamw_step, and the kernel
+    # runs with weight_decay=0 once per stretch of runs that share a learning rate.
+    device = next(iter(params.values())).device
+    decay = 1 - torch.tensor(lrs, dtype=torch.float32) * torch.tensor(wd, dtype=torch.float32)  # float32, as adamw_step
+    decay = decay.to(device)
+    cuts = [0] + [r for r in range(1, len(lrs)) if lrs[r] != lrs[r - 1]] + [len(lrs)]
+    for n, p in params.items():
+        p.mul_(decay.view((-1,) + (1,) * (p.dim() - 1)))
+    # The CPU kernel reads every tensor as its flat memory, so a gradient that autograd returns
+    # transposed (W_Q's, W_K's and W_V's, from their einsums) is made contiguous first; fed as it
+    # is, torch 2.13 would pair the wrong gradient entries with the parameters.
+    grads = {n: g.contiguous() for n, g in grads.items()}
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        pick = lambda tensors: [t[a:b] for t in tensors.values()]
+        steps = torch.full((len(params),), float(step - 1), device=device).unbind(0)  # the kernel adds 1 first
+        torch_adamw(pick(params), pick(grads), pick(state["m"]), pick(state["v"]), [], list(steps), fused=True,
+                    amsgrad=False, beta1=beta1, beta2=beta2, lr=lrs[a], weight_decay=0.0, eps=eps, maximize=False)
+
+
+def train_step(batch, step, beta1, beta2, eps):
+    """One full-batch AdamW step of every run of a batch; returns each run's training loss before it, in batch order: [A]."""
+    params = batch["params"]
+    losses = batch_losses(params, batch)
+    grads = dict(zip(params, torch.autograd.grad(losses.sum(), list(params.values()))))
+    with torch.no_grad():
+        adamw_step_fused(params, grads, batch["state"], step, batch["lrs"], batch["wd"], beta1, beta2, eps)
+    return losses.detach()
 
 
 def eval_set(tokens, idx, labels, device):
@@ -1105,21 +1202,32 @@ def reference_steps(params, cfg, train_tokens, train_labels, train_weight, test)
     return train_step, eval_step
 
 
-def fast_steps(params, cfg, batches, runs, test):
-    """This file's way, for --bench-impl fast and serial: train_forward, adamw_step, evaluate."""
-    device = params["W_E"].device
+def fast_steps(params, cfg, runs, tokens, train_idx, train_labels, test, device):
+    """This file's way, for --bench-impl fast: train_step on a batch of every run, then write_back and evaluate."""
     state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}
-    lr = torch.tensor(runs["lr"], dtype=torch.float32, device=device)
-    wd = torch.tensor(runs["wd"], dtype=torch.float32, device=device)
+    batch = make_batch(params, state, runs, tokens, train_idx, train_labels, cfg.pad_ratio, device,
+                       list(range(len(runs["seed"]))))
     step = [0]
 
-    def train_step():
-        loss = train_forward(params, batches)
-        grads = dict(zip(params, torch.autograd.grad(loss.sum(), list(params.values()))))
+    def one_step():
         step[0] += 1
-        with torch.no_grad():
-            adamw_step(params, grads, state, step[0], lr, wd, cfg.beta1, cfg.beta2, cfg.eps)
-    return train_step, lambda: evaluate(params, test)
+        train_step(batch, step[0], cfg.beta1, cfg.beta2, cfg.eps)
+
+    def one_eval():  # as at a record: the working copy goes back into params, which are evaluated
+        write_back(batch, params, state)
+        return evaluate(params, test)
+    return one_step, one_eval
+
+
+def serial_steps(params, cfg, runs, tokens, train_idx, train_labels, test_idx, labels, device):
+    """The runs one by one, for --bench-impl serial: fast_steps for each run alone, in turn."""
+    parts = []
+    for r in range(len(runs["seed"])):
+        one = {k: v[r:r + 1] for k, v in runs.items()}
+        test = eval_set(tokens, test_idx[r:r + 1], labels[torch.as_tensor(np.maximum(test_idx[r:r + 1], 0))], device)
+        parts.append(fast_steps({n: t[r:r + 1].clone() for n, t in params.items()}, cfg, one, tokens,
+                                train_idx[r:r + 1], train_labels[r:r + 1], test, device))
+    return lambda: [s() for s, _ in parts], lambda: [e() for _, e in parts]
 
 
 def bench(cfg):
@@ -1131,23 +1239,22 @@ def bench(cfg):
     R = len(runs["seed"])
     train_idx, test_idx, train_labels = run_splits(runs, labels, dims["n_out"], cfg.random_labels)
     test = eval_set(tokens, test_idx, labels[torch.as_tensor(np.maximum(test_idx, 0))], device)
-    params = {n: t.to(device).requires_grad_() for n, t in initial_params(runs, dims, "").items()}
+    params = {n: t.to(device) for n, t in initial_params(runs, dims, "").items()}
     if cfg.bench_impl == "reference":
         idx = torch.as_tensor(np.maximum(train_idx, 0))
         weight = torch.as_tensor((train_idx >= 0) / (train_idx >= 0).sum(1, keepdims=True), device=device)
+        params = {n: t.requires_grad_() for n, t in params.items()}
         steps = reference_steps(params, cfg, tokens[idx].to(device), torch.as_tensor(train_labels, device=device),
                                 weight, test)
+    elif cfg.bench_impl == "serial":
+        steps = serial_steps(params, cfg, runs, tokens, train_idx, train_labels, test_idx, labels, device)
     else:
-        # "serial": every run in a batch of its own, and evaluated alone: the runs one by one.
-        groups = [[r] for r in range(R)] if cfg.bench_impl == "serial" else None
-        batches = make_batches(runs["n_train"], tokens, train_idx, train_labels, cfg.pad_ratio, device, list(range(R)),
-                               groups)
-        if cfg.bench_impl == "serial":
-            test["runs_at_once"] = 1
-        steps = fast_steps(params, cfg, batches, runs, test)
-    with FlopCounterMode(display=False) as flops:  # the matmul FLOPs of one epoch (the first warm-up epoch)
-        for part in steps:
+        steps = fast_steps(params, cfg, runs, tokens, train_idx, train_labels, test, device)
+    gflop = []  # the matmul GFLOP of a training step and of an evaluation (counted on the first warm-up epoch)
+    for part in steps:
+        with FlopCounterMode(display=False) as flops:
             part()
+        gflop.append(flops.get_total_flops() / 1e9)
     spent = [0.0, 0.0]  # seconds in training steps and in evaluations
     for e in range(cfg.bench_epochs + 2):  # 3 warm-up epochs in all: allocator, thread pool and caches settle
         for i, part in enumerate(steps):
@@ -1155,14 +1262,14 @@ def bench(cfg):
             part()
             sync(device)
             spent[i] += (time.perf_counter() - t0) if e >= 2 else 0.0
-    seconds = sum(spent) / cfg.bench_epochs
-    # The floor: this epoch's matmul FLOPs at the machine's own matmul rate, with nothing else costing time.
-    gflop, rate = flops.get_total_flops() / 1e9, matmul_rate(device)
-    print(f"bench={cfg.bench_impl} runs={R} device={device} ms_per_epoch={1000 * seconds:.2f} "
-          f"(train_step={1000 * spent[0] / cfg.bench_epochs:.2f} eval={1000 * spent[1] / cfg.bench_epochs:.2f}) "
-          f"epochs_per_s={1 / seconds:.2f} train_example_epochs_per_s={sum(runs['n_train']) / seconds:.0f} "
-          f"matmul_gflop_per_epoch={gflop:.2f} machine_matmul_gflop_per_s={rate:.0f} "
-          f"floor_ms={1000 * gflop / rate:.1f}", flush=True)
+    train_s, eval_s = (s / cfg.bench_epochs for s in spent)
+    # The floor: the matmul FLOPs at the machine's own matmul rate, with nothing else costing time.
+    rate = matmul_rate(device)
+    print(f"bench={cfg.bench_impl} runs={R} device={device} ms_per_epoch={1000 * (train_s + eval_s):.2f} "
+          f"(train_step={1000 * train_s:.2f} eval={1000 * eval_s:.2f}) "
+          f"train_run_epochs_per_s={R / train_s:.1f} train_example_epochs_per_s={sum(runs['n_train']) / train_s:.0f} "
+          f"matmul_gflop=(train_step={gflop[0]:.2f} eval={gflop[1]:.2f}) machine_matmul_gflop_per_s={rate:.0f} "
+          f"floor_ms=(train_step={1000 * gflop[0] / rate:.1f} eval={1000 * gflop[1] / rate:.1f})", flush=True)
     return None
 
 

@@ -196,6 +196,38 @@ def test_adamw_matches_torch_optim(device):
     assert err < 1e-6, f"max |difference| after 60 steps on {device}: {err:.2e}"
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_adamw_matches_adamw_step_and_torch_optim(device):
+    # The fast step against the readable one and against torch.optim.AdamW, run by run: runs whose
+    # lr alternate (three stretches of equal lr, so three fused calls), every weight decay
+    # different, and one gradient handed over transposed, as autograd returns W_Q's.
+    g = torch.Generator().manual_seed(1)
+    lrs, wds = [1e-3, 3e-3, 3e-3, 1e-3], [1.0, 0.3, 3.0, 0.0]
+    R = len(lrs)
+    init = {"W": torch.randn(R, 5, 8, generator=g), "b": torch.randn(R, 8, generator=g)}
+    fused = {k: v.clone().to(device) for k, v in init.items()}
+    plain = {k: v.clone().to(device) for k, v in init.items()}
+    zeros = lambda: {"m": {k: torch.zeros_like(v) for k, v in fused.items()}, "v": {k: torch.zeros_like(v) for k, v in fused.items()}}
+    s_fused, s_plain = zeros(), zeros()
+    theirs = [[torch.nn.Parameter(init[k][r].clone().to(device)) for k in init] for r in range(R)]
+    opts = [torch.optim.AdamW(theirs[r], lr=lrs[r], betas=(0.9, 0.98), eps=1e-8, weight_decay=wds[r]) for r in range(R)]
+    for step in range(1, 61):
+        scale = (1e-9, 1e-1, 10.0)[step % 3]
+        grads = {"W": (torch.randn(R, 8, 5, generator=g) * scale).to(device).transpose(1, 2),  # not contiguous
+                 "b": (torch.randn(R, 8, generator=g) * scale).to(device)}
+        grok.adamw_step_fused(fused, grads, s_fused, step, lrs, wds, 0.9, 0.98, 1e-8)
+        grok.adamw_step(plain, grads, s_plain, step, torch.tensor(lrs, device=device), torch.tensor(wds, device=device),
+                        0.9, 0.98, 1e-8)
+        for r in range(R):
+            for p, k in zip(theirs[r], init):
+                p.grad = grads[k][r].clone()
+            opts[r].step()
+    err_plain = max((fused[k] - plain[k]).abs().max().item() for k in init)
+    err_torch = max((fused[k][r] - theirs[r][i].detach()).abs().max().item() for r in range(R) for i, k in enumerate(init))
+    assert err_plain < 1e-6 and err_torch < 1e-6, \
+        f"fused AdamW on {device} after 60 steps: {err_plain:.2e} from adamw_step, {err_torch:.2e} from torch.optim.AdamW"
+
+
 def test_adamw_eps_placement_is_visible_with_tiny_gradients():
     # The test above could not tell eps inside the square root from eps outside it if the gradients
     # were large; with gradients of 1e-9 the two differ by orders of magnitude in the step size.
@@ -231,6 +263,39 @@ def test_batched_runs_equal_single_runs(tmp_path, device):
         err_p = max((final[k][r] - p1[k][0]).abs().max().item() for k in p1)
         err_h = max(np.abs(hist[k][r] - h1[k][0]).max() for k in ("train_loss", "test_loss", "param_norm"))
         assert err_p < 1e-4 and err_h < 1e-4, f"run {r}: params differ by {err_p:.2e}, history by {err_h:.2e}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_losses_and_gradients_equal_forward_run_by_run(device):
+    # The training step's loss (attention tables shared by all runs, the MLP group by group,
+    # parameters split per group) against the textbook forward, run by run in float64: runs of
+    # three sizes, two learning rates (so groups are formed per lr) and shuffled batch order.
+    cfg = grok.Config(p=11, train="30,40,70", seeds="0,1", lr="1e-3,3e-3", device=device, **SMALL)
+    tokens, labels, runs, dims = grok.describe(cfg)
+    R = len(runs["seed"])
+    train_idx, _, train_labels = grok.run_splits(runs, labels, dims["n_out"], False)
+    params = {n: t.to(device, torch.float64) for n, t in grok.initial_params(runs, dims, "").items()}
+    state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}
+    batch = grok.make_batch(params, state, runs, tokens, train_idx, train_labels, 1.5, torch.device(device), list(range(R)))
+    assert len(batch["runs_per_group"]) == 4 and batch["order"].tolist() != list(range(R))
+    got = grok.batch_losses(batch["params"], batch)
+    got_grads = torch.autograd.grad(got.sum(), list(batch["params"].values()))
+    leaves = {n: t.clone().requires_grad_() for n, t in params.items()}
+    idx = torch.as_tensor(np.maximum(train_idx, 0))
+    weight = torch.as_tensor((train_idx >= 0) / (train_idx >= 0).sum(1, keepdims=True), device=device)
+    want = grok.cross_entropy(grok.forward(leaves, tokens[idx].to(device))[:, :, -1],
+                              torch.as_tensor(train_labels, device=device), weight)
+    want_grads = torch.autograd.grad(want.sum(), list(leaves.values()))
+    order = batch["order"]
+    err = (got - want[order]).abs().max().item()
+    assert err < 1e-12, f"losses on {device}: max |difference| {err:.2e}"
+    for name, a, b in zip(params, got_grads, want_grads):
+        err = (a - b[order]).abs().max().item()
+        assert err < 1e-12, f"gradient of {name} on {device}: max |difference| {err:.2e}"
+    # The working copy goes back exactly where it came from.
+    back = {n: torch.zeros_like(t) for n, t in params.items()}
+    grok.write_back(batch, back, {k: {n: torch.zeros_like(t) for n, t in s.items()} for k, s in state.items()})
+    assert all(torch.equal(back[n], params[n]) for n in params)
 
 
 def test_pad_groups_against_one_padded_batch(tmp_path):
@@ -273,8 +338,8 @@ def test_run_directory_contents(tmp_path):
 def test_resume_after_kill_is_bit_identical(tmp_path, monkeypatch):
     cfg = dict(epochs=50, ckpt_every=10, seeds="0,1")
     grok.train(small_cfg(tmp_path / "whole", **cfg))
-    # Kill the second attempt at epoch 37 (between checkpoints) by failing inside the optimiser.
-    real_step, calls = grok.adamw_step, {"n": 0}
+    # Kill the second attempt at epoch 37 (between checkpoints) by failing inside the training step.
+    real_step, calls = grok.train_step, {"n": 0}
 
     def dying_step(*args, **kw):
         calls["n"] += 1
@@ -282,12 +347,12 @@ def test_resume_after_kill_is_bit_identical(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real_step(*args, **kw)
 
-    monkeypatch.setattr(grok, "adamw_step", dying_step)
+    monkeypatch.setattr(grok, "train_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         grok.train(small_cfg(tmp_path / "killed", **cfg))
     assert torch.load(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 30
     assert not (tmp_path / "killed" / "params.pt").exists()
-    monkeypatch.setattr(grok, "adamw_step", real_step)
+    monkeypatch.setattr(grok, "train_step", real_step)
     grok.train(small_cfg(tmp_path / "killed", **cfg))  # the same command again resumes
     a, b = torch.load(tmp_path / "whole" / "params.pt"), torch.load(tmp_path / "killed" / "params.pt")
     diff = max((a[k] - b[k]).abs().max().item() for k in a)

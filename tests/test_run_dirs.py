@@ -151,18 +151,18 @@ def test_lock_is_released_when_a_run_ends(tmp_path):
 
 
 def killed_at(cfg, epoch, monkeypatch):
-    """Run cfg until the optimiser's step `epoch`, then fail as if killed."""
-    real, calls = grok.adamw_step, {"n": 0}
+    """Run cfg until its training step `epoch`, then fail as if killed."""
+    real, calls = grok.train_step, {"n": 0}
 
     def dying(*args, **kw):
         calls["n"] += 1
         if calls["n"] > epoch:
             raise KeyboardInterrupt("killed")
         return real(*args, **kw)
-    monkeypatch.setattr(grok, "adamw_step", dying)
+    monkeypatch.setattr(grok, "train_step", dying)
     with pytest.raises(KeyboardInterrupt):
         grok.train(cfg)
-    monkeypatch.setattr(grok, "adamw_step", real)
+    monkeypatch.setattr(grok, "train_step", real)
 
 
 def test_deleted_config_json_and_another_config_is_refused(tmp_path, monkeypatch):
