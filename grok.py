@@ -86,17 +86,18 @@ class Config:
     out: str = "runs/default"  # run directory
     device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
     threads: int = 0  # CPU threads for torch (0 = torch's default, every core)
-    pad_ratio: float = 1.25  # speed: runs whose D lie within this factor share one padded batch
+    group_rows: int = -1  # speed: one group's fixed cost, in padded training examples (-1: 125 on CPU, measured; 15000 on CUDA, estimated)
     bench: bool = False  # time bench_epochs epochs (one AdamW step + a forward over the test pairs each) instead of training
     bench_impl: str = "fast"  # --bench: "fast" (this file), "reference" (forward + torch.optim.AdamW), "serial" (runs one by one)
     bench_epochs: int = 50  # epochs timed by --bench, after 3 warm-up epochs
 
 
 # Settings that may change when a run resumes; every other setting must match the saved run.
-# ("out": a moved directory resumes; "pad_ratio" only regroups the same arithmetic. The run lists
+# ("out": a moved directory resumes; "group_rows" only regroups the same arithmetic, as did "pad_ratio",
+# the grouping setting that older config.json files hold. The run lists
 # are compared by their values, and --init-from by the content of the source's params.pt, so
 # "--wd 1" resumes "--wd 1.0" and a moved source still matches.)
-RESUME_FREE = ("device", "threads", "print_every", "bench", "bench_impl", "bench_epochs", "out", "pad_ratio",
+RESUME_FREE = ("device", "threads", "print_every", "bench", "bench_impl", "bench_epochs", "out", "group_rows", "pad_ratio",
                "seeds", "train", "wd", "lr", "init_from")
 
 # -----------------------------------------------------------------------------
@@ -456,9 +457,9 @@ def check_config(cfg):
         raise ValueError("--converge-window must be in [0, 1), --converge-acc and --converge-norm >= 0, --converge-span >= 1")
     if not 0.0 <= cfg.stop_acc <= 1.0:
         raise ValueError(f"--stop-acc must be in [0, 1], got {cfg.stop_acc}")
-    if not cfg.pad_ratio >= 1.0:
-        raise ValueError(f"--pad-ratio must be >= 1 (1 = only equal D share a batch), got {cfg.pad_ratio}")
-    for name in ("beta1", "beta2", "eps", "stop_acc", "pad_ratio", "converge_window", "converge_acc", "converge_norm"):
+    if cfg.group_rows < -1:
+        raise ValueError(f"--group-rows must be >= 0, or -1 for the device's default, got {cfg.group_rows}")
+    for name in ("beta1", "beta2", "eps", "stop_acc", "converge_window", "converge_acc", "converge_norm"):
         if not math.isfinite(getattr(cfg, name)):
             raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)}")
     if cfg.task.startswith("s5_") and cfg.p != Config.p:
@@ -870,7 +871,8 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
         if epoch == cfg.epochs or not active:
             break
         if batch is None:
-            batch = make_batch(params, state, runs, tokens, train_idx, train_labels, cfg.pad_ratio, device, active)
+            batch = make_batch(params, state, runs, tokens, train_idx, train_labels, group_rows(cfg, device), device,
+                               active)
         loss = train_step(batch, epoch + 1, cfg.beta1, cfg.beta2, cfg.eps)  # [A]: each run's mean loss over its own D
         with torch.no_grad():  # a running flag on the device: read only at checkpoints and at the end
             idx = batch["order"]
@@ -1005,30 +1007,49 @@ def forward_last_folded(params, tokens):
     return torch.baddbmm(mix(direct_tab), hidden, params["W_out"] @ params["W_U"])  # [R, B, n_out]
 
 
-def pad_groups(n_train, ratio):
-    """Runs grouped by training-set size: lists of run indices whose D lie within `ratio` of each other."""
-    # Runs of different D are padded to a common length to step them as one batch; padding costs
-    # as much as real examples, and a geometric grid of D (150 ... 1400) would waste over half the
-    # compute. Runs are therefore stepped in groups of similar D, each padded to its own largest D.
+def group_rows(cfg, device):
+    """One group's fixed cost in padded training examples: --group-rows, or the device's default."""
+    # Measured on the 2-core CPU (16 runs of one D at p=41, forced into 1 ... 16 groups): each extra
+    # group costs about 0.9 ms, and a padded example about 7.2 us, so a group is worth about 125
+    # examples. On a GPU each group's kernel launches cost more and examples far less; 15000 is an
+    # estimate from launch counts and the matmul rate, not a measurement.
+    if cfg.group_rows >= 0:
+        return cfg.group_rows
+    return 15000 if device.type == "cuda" else 125
+
+
+def pad_groups(n_train, group_cost):
+    """Runs grouped by training-set size at the least cost: lists of run indices, padding against per-group work."""
+    # Runs of different D are padded to a common length to step them as one batch. Padding costs as
+    # much as real examples, and every group costs a fixed amount more (its own matmul calls and
+    # autograd nodes), worth group_cost padded examples. With the runs sorted by D, a grouping is a
+    # set of cuts, and the cuts with the least total cost, sum over groups of (runs x largest D) +
+    # group_cost, are found exactly by dynamic programming over the first j runs.
     order = sorted(range(len(n_train)), key=lambda r: n_train[r])
-    groups = [[order[0]]]
-    for r in order[1:]:
-        if n_train[r] > ratio * n_train[groups[-1][0]]:
-            groups.append([])
-        groups[-1].append(r)
-    return groups
+    d = [n_train[r] for r in order]
+    best, cut = [0] + [math.inf] * len(d), [0] * (len(d) + 1)  # best[j]: least cost of the first j runs
+    for j in range(1, len(d) + 1):
+        for i in range(j):  # the last group is runs i .. j-1, padded to d[j-1]
+            cost = best[i] + (j - i) * d[j - 1] + group_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], len(d)
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
 
 
-def batch_groups(n_train, lrs, active, pad_ratio):
+def batch_groups(n_train, lrs, active, group_cost):
     """The active runs as groups of similar D and one learning rate (lists of run indices), in batch order."""
     groups = []
     for lr in sorted(set(lrs[r] for r in active)):  # one lr per stretch of the batch: one fused AdamW call each
         runs = [r for r in active if lrs[r] == lr]
-        groups += [[runs[i] for i in g] for g in pad_groups([n_train[r] for r in runs], pad_ratio)]
+        groups += [[runs[i] for i in g] for g in pad_groups([n_train[r] for r in runs], group_cost)]
     return groups
 
 
-def make_batch(params, state, runs, tokens, train_idx, train_labels, pad_ratio, device, active, groups=None):
+def make_batch(params, state, runs, tokens, train_idx, train_labels, group_cost, device, active, groups=None):
     """The active runs' training state in batch order (a working copy of their parameters and AdamW moments) and training sets.
 
     In batch order the runs of each group are neighbours, so each group's parameters are one piece
@@ -1037,7 +1058,7 @@ def make_batch(params, state, runs, tokens, train_idx, train_labels, pad_ratio, 
     instead make a full-size zero gradient for every group and add the group's part into it.)
     write_back puts the working copy back into params and state.
     """
-    groups = groups or batch_groups(runs["n_train"], runs["lr"], active, pad_ratio)
+    groups = groups or batch_groups(runs["n_train"], runs["lr"], active, group_cost)
     order = [r for g in groups for r in g]  # the runs in batch order
     pick = torch.as_tensor(order, device=device)
     sizes = [max(runs["n_train"][r] for r in g) for g in groups]  # each group's padded D
@@ -1205,7 +1226,7 @@ def reference_steps(params, cfg, train_tokens, train_labels, train_weight, test)
 def fast_steps(params, cfg, runs, tokens, train_idx, train_labels, test, device):
     """This file's way, for --bench-impl fast: train_step on a batch of every run, then write_back and evaluate."""
     state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}
-    batch = make_batch(params, state, runs, tokens, train_idx, train_labels, cfg.pad_ratio, device,
+    batch = make_batch(params, state, runs, tokens, train_idx, train_labels, group_rows(cfg, device), device,
                        list(range(len(runs["seed"]))))
     step = [0]
 

@@ -298,15 +298,39 @@ def test_batch_losses_and_gradients_equal_forward_run_by_run(device):
     assert all(torch.equal(back[n], params[n]) for n in params)
 
 
-def test_pad_groups_against_one_padded_batch(tmp_path):
-    # Grouping runs by D (pad_ratio 1.25: 40 and 70 train apart, the D=40 runs are not
-    # consecutive) and padding every run to the largest D (pad_ratio 10: one batch) are the
-    # same arithmetic on the real examples, so the runs must agree.
-    assert grok.pad_groups([40, 70, 40, 70, 45], 1.25) == [[0, 2, 4], [1, 3]]
-    assert grok.pad_groups([40, 70, 40], 10.0) == [[0, 2, 1]]
+def partitions(items):
+    """Every way to cut a sorted list into consecutive groups (brute force)."""
+    if not items:
+        yield []
+        return
+    for i in range(1, len(items) + 1):
+        for rest in partitions(items[i:]):
+            yield [items[:i]] + rest
+
+
+def test_pad_groups_is_the_cheapest_grouping_by_brute_force():
+    # The dynamic programme against every grouping of the sorted runs, on random sizes and costs.
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n_train = rng.integers(10, 400, rng.integers(1, 8)).tolist()
+        cost = int(rng.choice([0, 50, 125, 1000, 10 ** 6]))
+        price = lambda groups: sum(len(g) * max(n_train[r] for r in g) + cost for g in groups)
+        order = sorted(range(len(n_train)), key=lambda r: n_train[r])
+        best = min(price(p) for p in partitions(order))
+        got = grok.pad_groups(n_train, cost)
+        assert sorted(r for g in got for r in g) == list(range(len(n_train))), got
+        assert price(got) == best, f"sizes {n_train}, group cost {cost}: {got} costs {price(got)}, the best {best}"
+    # Free groups: every size alone; dear groups: one padded batch.
+    assert grok.pad_groups([40, 70, 40, 70, 45], 0) == [[0, 2], [4], [1, 3]]
+    assert grok.pad_groups([40, 70, 40, 70, 45], 10 ** 6) == [[0, 2, 4, 1, 3]]
+
+
+def test_grouped_runs_against_one_padded_batch(tmp_path):
+    # Runs stepped in groups by D (the D=40 runs are not consecutive) and every run padded to the
+    # largest D (one batch) are the same arithmetic on the real examples, so the runs must agree.
     kw = dict(seeds="0,1", train="40,70", epochs=25)
-    grok.train(small_cfg(tmp_path / "groups", pad_ratio=1.25, **kw))
-    grok.train(small_cfg(tmp_path / "padded", pad_ratio=10.0, **kw))
+    grok.train(small_cfg(tmp_path / "groups", group_rows=0, **kw))
+    grok.train(small_cfg(tmp_path / "padded", group_rows=10 ** 6, **kw))
     a, b = (np.load(tmp_path / d / "history.npz") for d in ("groups", "padded"))
     err = max(np.abs(a[k] - b[k]).max() for k in ("train_loss", "train_acc", "test_loss", "param_norm"))
     assert err < 1e-5, f"grouped and padded runs differ by {err:.2e}"
