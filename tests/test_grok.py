@@ -276,7 +276,7 @@ def test_batch_losses_and_gradients_equal_forward_run_by_run(device):
     train_idx, _, train_labels = grok.run_splits(runs, labels, dims["n_out"], False)
     params = {n: t.to(device, torch.float64) for n, t in grok.initial_params(runs, dims, "").items()}
     state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}
-    batch = grok.make_batch(params, state, runs, tokens, train_idx, train_labels, 1.5, torch.device(device), list(range(R)))
+    batch = grok.make_batch(params, state, runs, tokens, train_idx, train_labels, 50, torch.device(device), list(range(R)))
     assert len(batch["runs_per_group"]) == 4 and batch["order"].tolist() != list(range(R))
     got = grok.batch_losses(batch["params"], batch)
     got_grads = torch.autograd.grad(got.sum(), list(batch["params"].values()))
