@@ -891,57 +891,80 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
 # Speed: the same model and training, computed with less work
 #
 # Everything above is the definition; everything here is measured against it (tests/test_grok.py).
-# On the 2-core CPU this project is developed on (p=113, D=3830, `python grok.py --bench`), a
-# training step is about 27 ms: about 18 ms of matmuls in the MLP and unembedding, 5 ms for the
-# attention tables and their lookups, 1 ms for the float64 loss, 0.5 ms for AdamW; the rest are
-# elementwise passes over [B, d_mlp] activations, each of which costs about 1 ms on such a machine.
-# The README gives the measured figures and the floor.
+# Two kinds of work set the speed. One run at p=113 is mostly matmuls in the MLP and unembedding,
+# so forward_last computes only the last position. A sweep is many small runs (p=41, D of a few
+# hundred), where the cost per run and per group of runs dominates, so a training step works on
+# a batch: the runs reordered so that each group of similar D is one slice, the attention tables
+# built once for all runs, and AdamW in torch's fused kernel. The README gives the measured
+# figures (`python grok.py --bench` on each kind of sweep) and their matmul floors.
 
 
-def attention_tables(params):
-    """The residual table [R, T, d_vocab, d_model] and the attention score table [R, d_vocab, T, d_vocab, n_heads]."""
+def table_rows(tokens, d_vocab):
+    """The (position, token) pairs that occur in tokens [..., T], as table rows: the row of each pair [T, d_vocab]
+    (-1 where a pair never occurs), the rows' positions and tokens [n_rows], and how many rows the last position has."""
+    # Only these pairs ever reach the model: in <x><op><y><=>, position 1 holds only the op token
+    # and the last position only '='. Tables over every (position, token) would compute rows
+    # that nothing reads, 43 query rows where one is used; these rows are what is read.
+    T = tokens.shape[-1]
+    flat = tokens.reshape(-1, T)
+    seen = torch.zeros(T, d_vocab, dtype=torch.bool, device=tokens.device)
+    seen[torch.arange(T, device=tokens.device).expand_as(flat), flat] = True
+    pos, tok = seen.nonzero(as_tuple=True)  # sorted by position, then token: the last position's rows come last
+    row = torch.full((T, d_vocab), -1, dtype=torch.long, device=tokens.device)
+    row[pos, tok] = torch.arange(len(pos), device=tokens.device)
+    return dict(row=row, pos=pos, tok=tok, n_last=int((pos == T - 1).sum()))
+
+
+def table_keys(rows, tokens):
+    """The table row of each input's (position, token) pairs: tokens [..., T] -> rows [..., T]."""
+    T = tokens.shape[-1]
+    return rows["row"][torch.arange(T, device=tokens.device), tokens]
+
+
+def attention_tables(params, rows):
+    """The residual table [R, n_rows, d_model] and the score table [R, n_last, n_rows, n_heads] over table_rows' rows."""
     # The residual stream entering the layer at position j is W_E[token_j] + W_pos[j]: a function
     # of (j, token_j) alone. So every query, key and value is a row of a small table over
     # (position, token), computed once for all inputs (a few hundred rows, not B * n_ctx).
-    W_E, W_pos = params["W_E"], params["W_pos"]
     d_head = params["W_Q"].shape[3]
-    resid_tab = W_E[:, None] + W_pos[:, :, None]  # [R, T, d_vocab, d_model]: row (j, t) = W_E[t] + W_pos[j]
-    q_tab = torch.einsum("rvd,rhde->rvhe", resid_tab[:, -1], params["W_Q"])  # [R, d_vocab, n_heads, d_head]
-    k_tab = torch.einsum("rtvd,rhde->rtvhe", resid_tab, params["W_K"])  # [R, T, d_vocab, n_heads, d_head]
-    score_tab = torch.einsum("rqhe,rtkhe->rqtkh", q_tab, k_tab) / math.sqrt(d_head)  # [R, d_vocab, T, d_vocab, n_heads]
+    resid_tab = params["W_E"][:, rows["tok"]] + params["W_pos"][:, rows["pos"]]  # [R, n_rows, d_model]
+    q_tab = torch.einsum("rqd,rhde->rqhe", resid_tab[:, -rows["n_last"]:], params["W_Q"])  # [R, n_last, n_heads, d_head]
+    k_tab = torch.einsum("rnd,rhde->rnhe", resid_tab, params["W_K"])  # [R, n_rows, n_heads, d_head]
+    score_tab = torch.einsum("rqhe,rnhe->rqnh", q_tab, k_tab) / math.sqrt(d_head)  # [R, n_last, n_rows, n_heads]
     return resid_tab, score_tab
 
 
-def last_position_pattern(score_tab, run, tokens):
-    """The last position's attention pattern [..., T, n_heads] for inputs tokens [..., T] of runs run (broadcast to tokens[..., 0])."""
-    # Each input's scores: the row of (run, last token as the query, position j, token_j as the key).
+def last_position_pattern(score_tab, run, key):
+    """The last position's attention pattern [..., T, n_heads] for inputs whose table rows are key [..., T], of runs run [...]."""
+    # Each input's scores: the row of (run, last token as the query, position j and token_j as the key).
     # The table is flattened so that one index_select does the lookup: its backward is an index_add,
     # 12x faster here than advanced indexing's (0.16 vs 1.9 ms for 3830 rows).
-    d_vocab, T, n_heads = score_tab.shape[1], score_tab.shape[2], score_tab.shape[4]
-    pos = torch.arange(T, device=tokens.device)
-    s_row = ((run[..., None] * d_vocab + tokens[..., -1:]) * T + pos) * d_vocab + tokens  # [..., T]
+    n_last, n_rows, n_heads = score_tab.shape[1:]
+    query = key[..., -1:] - (n_rows - n_last)  # [..., 1]: the last token's row among the query rows
+    s_row = (run[..., None] * n_last + query) * n_rows + key  # [..., T]
     scores = score_tab.reshape(-1, n_heads).index_select(0, s_row.flatten()).view(*s_row.shape, n_heads)
     # The causal mask lets the last position see every position: it masks nothing there.
     return scores.softmax(dim=-2)  # [..., T, n_heads]: the last query's attention over the T keys
 
 
 def last_position_attention(params, tokens):
-    """The residual table [R, T, d_vocab, d_model] and the last position's attention pattern [R, B, T, n_heads]."""
-    resid_tab, score_tab = attention_tables(params)
+    """The residual table [R, n_rows, d_model], each input's table rows [R, B, T] and the last position's pattern [R, B, T, n_heads]."""
+    rows = table_rows(tokens, params["W_E"].shape[1])
+    key = table_keys(rows, tokens)  # [R, B, T]
+    resid_tab, score_tab = attention_tables(params, rows)
     run = torch.arange(tokens.shape[0], device=tokens.device).view(-1, 1)  # [R, 1]
-    return resid_tab, last_position_pattern(score_tab, run, tokens)
+    return resid_tab, key, last_position_pattern(score_tab, run, key)
 
 
-def attention_output(params, resid_tab, pattern, run, tokens):
+def attention_output(params, resid_tab, pattern, run, key):
     """The last position's mixed values z [..., n_heads * d_head] (before W_O) and its own residual row [..., d_model]."""
-    T, d_vocab, d_model = resid_tab.shape[1:]
+    n_rows, d_model = resid_tab.shape[1:]
     n_heads, d_head = params["W_V"].shape[1], params["W_V"].shape[3]
-    v_tab = torch.einsum("rtvd,rhde->rtvhe", resid_tab, params["W_V"])  # [R, T, d_vocab, n_heads, d_head]
-    pos = torch.arange(T, device=tokens.device)
-    kv_row = (run[..., None] * T + pos) * d_vocab + tokens  # [..., T]: row of (run, j, token_j)
+    v_tab = torch.einsum("rnd,rhde->rnhe", resid_tab, params["W_V"])  # [R, n_rows, n_heads, d_head]
+    kv_row = run[..., None] * n_rows + key  # [..., T]: row of (run, j, token_j)
     v_flat = v_tab.reshape(-1, n_heads, d_head)
     z = 0  # [..., n_heads, d_head]: one lookup per position keeps the largest intermediate at [..., d_model]
-    for j in range(T):
+    for j in range(key.shape[-1]):
         z = z + pattern[..., j, :, None] * v_flat.index_select(0, kv_row[..., j].flatten()).view(*kv_row.shape[:-1], n_heads, d_head)
     resid = resid_tab.reshape(-1, d_model).index_select(0, kv_row[..., -1].flatten()).view(*kv_row.shape[:-1], d_model)
     return z.flatten(-2), resid
@@ -966,9 +989,9 @@ def forward_last(params, tokens, return_hidden=False):
     # 2. Queries, keys and values are rows of small per-(position, token) tables, and the causal
     #    mask hides nothing from the last position (last_position_attention).
     # The sums are the same; only the order of floating-point additions differs.
-    resid_tab, pattern = last_position_attention(params, tokens)  # [R, T, d_vocab, d_model], [R, B, T, n_heads]
+    resid_tab, key, pattern = last_position_attention(params, tokens)  # [R, n_rows, d_model], [R, B, T], [R, B, T, n_heads]
     run = torch.arange(tokens.shape[0], device=tokens.device).view(-1, 1)  # [R, 1]
-    z, resid = attention_output(params, resid_tab, pattern, run, tokens)  # [R, B, n_heads*d_head], [R, B, d_model]
+    z, resid = attention_output(params, resid_tab, pattern, run, key)  # [R, B, n_heads*d_head], [R, B, d_model]
     return mlp_logits(params, z, resid, return_hidden)
 
 
@@ -976,7 +999,7 @@ def forward_last(params, tokens, return_hidden=False):
 def forward_last_folded(params, tokens):
     """forward_last for evaluation (no gradients), regrouped: the same logits with 2.2x less matmul work."""
     # After attention, the last position's residual stream is a weighted sum of table rows:
-    #   resid = resid_tab[T-1, last token] + sum_{j, h} pattern[j, h] * (v_tab[j, token_j, h] @ W_O[h]).
+    #   resid = resid_tab[(T-1, last token)] + sum_{j, h} pattern[j, h] * (v_tab[(j, token_j), h] @ W_O[h]).
     # The MLP's pre-activation (resid @ W_in) and the direct path to the logits (resid @ W_U) are
     # linear in resid, so W_in and W_U are applied once to the table's rows (a few thousand)
     # instead of to every input; per input one embedding_bag forms the weighted sum of its
@@ -985,20 +1008,19 @@ def forward_last_folded(params, tokens):
     # number of runs, so a batch of runs would drift from the same runs trained alone.
     R, B, T = tokens.shape
     n_heads = params["W_Q"].shape[1]
-    resid_tab, pattern = last_position_attention(params, tokens)  # [R, T, d_vocab, d_model], [R, B, T, n_heads]
-    d_vocab, d_model = resid_tab.shape[2:]
-    vo_tab = torch.einsum("rtvd,rhde,rhef->rtvhf", resid_tab, params["W_V"], params["W_O"])  # [R, T, d_vocab, n_heads, d_model]
-    rows = torch.cat([vo_tab.reshape(R, -1, d_model), resid_tab[:, -1]], dim=1)  # [R, n_rows, d_model]
-    n_rows = rows.shape[1]  # T*d_vocab*n_heads value rows, then d_vocab rows of the last token's own residual
-    # The last token's row enters every input once with weight 1, so it carries the biases too.
-    bias_in = torch.cat([rows.new_zeros(R, n_rows - d_vocab, 1), rows.new_ones(R, d_vocab, 1)], dim=1)  # [R, n_rows, 1]
+    resid_tab, key, pattern = last_position_attention(params, tokens)  # [R, n_rows, d_model], [R, B, T], [R, B, T, n_heads]
+    n_tab, d_model = resid_tab.shape[1:]
+    vo_tab = torch.einsum("rnd,rhde,rhef->rnhf", resid_tab, params["W_V"], params["W_O"])  # [R, n_tab, n_heads, d_model]
+    rows = torch.cat([vo_tab.reshape(R, -1, d_model), resid_tab], dim=1)  # [R, n_rows, d_model]
+    n_rows = rows.shape[1]  # n_tab*n_heads value rows, then the n_tab rows of the residual table
+    # The last token's own row enters every input once with weight 1, so it carries the biases too.
+    bias_in = torch.cat([rows.new_zeros(R, n_rows - n_tab, 1), rows.new_ones(R, n_tab, 1)], dim=1)  # [R, n_rows, 1]
     pre_tab = torch.baddbmm(bias_in * params["b_in"][:, None], rows, params["W_in"])  # [R, n_rows, d_mlp]
     direct_tab = (rows + bias_in * params["b_out"][:, None]) @ params["W_U"]  # [R, n_rows, n_out]
     run = torch.arange(R, device=tokens.device).view(R, 1, 1)
-    pos = torch.arange(T, device=tokens.device)
     heads = torch.arange(n_heads, device=tokens.device)
-    value_rows = ((pos * d_vocab + tokens)[..., None] * n_heads + heads).flatten(2)  # [R, B, T*n_heads]
-    last_row = T * d_vocab * n_heads + tokens[..., -1:]  # [R, B, 1]
+    value_rows = (key[..., None] * n_heads + heads).flatten(2)  # [R, B, T*n_heads]
+    last_row = n_tab * n_heads + key[..., -1:]  # [R, B, 1]
     bags = (torch.cat([value_rows, last_row], dim=-1) + run * n_rows).reshape(R * B, -1)  # rows per input
     weights = torch.cat([pattern.flatten(2), pattern.new_ones(R, B, 1)], dim=-1).reshape(R * B, -1)
     mix = lambda tab: F.embedding_bag(bags, tab.reshape(R * n_rows, -1), per_sample_weights=weights,
@@ -1064,13 +1086,15 @@ def make_batch(params, state, runs, tokens, train_idx, train_labels, group_cost,
     sizes = [max(runs["n_train"][r] for r in g) for g in groups]  # each group's padded D
     idx = [train_idx[g, :n] for g, n in zip(groups, sizes)]  # [R_g, D_g] each, -1 = padding
     first = np.cumsum([0] + [len(g) for g in groups])  # each group's first row in the batch
+    # Every group's inputs, one after another: tokens [N, n_ctx], their table rows, and the batch row of each input [N].
+    flat = torch.cat([tokens[torch.as_tensor(np.maximum(i, 0))].flatten(0, 1) for i in idx]).to(device)
+    rows = table_rows(flat, params["W_E"].shape[1])
     return dict(
         order=pick, lrs=[runs["lr"][r] for r in order], wd=[runs["wd"][r] for r in order],
         params={n: t.detach().index_select(0, pick).requires_grad_() for n, t in params.items()},  # [A, ...]
         state={k: {n: t.index_select(0, pick) for n, t in s.items()} for k, s in state.items()},
         runs_per_group=[len(g) for g in groups],
-        # Every group's inputs, one after another: tokens [N, n_ctx] and the batch row of each input [N].
-        tokens=torch.cat([tokens[torch.as_tensor(np.maximum(i, 0))].flatten(0, 1) for i in idx]).to(device),
+        rows=rows, key=table_keys(rows, flat),  # [N, n_ctx]
         run=torch.cat([torch.arange(a, a + len(g)).repeat_interleave(n) for a, g, n in zip(first, groups, sizes)]).to(device),
         labels=[torch.as_tensor(train_labels[g, :n], device=device) for g, n in zip(groups, sizes)],  # [R_g, D_g]
         weight=[torch.as_tensor((i >= 0) / (i >= 0).sum(1, keepdims=True), device=device) for i in idx])  # mean over own D
@@ -1093,9 +1117,9 @@ def batch_losses(params, batch):
     they are computed once for all runs and inputs; only W_O, the MLP and the unembedding, whose
     matmuls need one weight matrix per run, go group by group.
     """
-    resid_tab, score_tab = attention_tables(params)  # [A, T, d_vocab, d_model], [A, d_vocab, T, d_vocab, n_heads]
-    pattern = last_position_pattern(score_tab, batch["run"], batch["tokens"])  # [N, T, n_heads]
-    z, resid = attention_output(params, resid_tab, pattern, batch["run"], batch["tokens"])  # [N, H*E], [N, d_model]
+    resid_tab, score_tab = attention_tables(params, batch["rows"])  # [A, n_rows, d_model], [A, n_last, n_rows, n_heads]
+    pattern = last_position_pattern(score_tab, batch["run"], batch["key"])  # [N, T, n_heads]
+    z, resid = attention_output(params, resid_tab, pattern, batch["run"], batch["key"])  # [N, H*E], [N, d_model]
     per_group = [len(w.flatten()) for w in batch["weight"]]  # inputs per group: R_g * D_g
     late = ("W_O", "W_in", "b_in", "W_out", "b_out", "W_U")
     pieces = {n: params[n].split(batch["runs_per_group"]) for n in late}
