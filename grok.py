@@ -963,9 +963,10 @@ def attention_output(params, resid_tab, pattern, run, key):
     v_tab = torch.einsum("rnd,rhde->rnhe", resid_tab, params["W_V"])  # [R, n_rows, n_heads, d_head]
     kv_row = run[..., None] * n_rows + key  # [..., T]: row of (run, j, token_j)
     v_flat = v_tab.reshape(-1, n_heads, d_head)
-    z = 0  # [..., n_heads, d_head]: one lookup per position keeps the largest intermediate at [..., d_model]
-    for j in range(key.shape[-1]):
-        z = z + pattern[..., j, :, None] * v_flat.index_select(0, kv_row[..., j].flatten()).view(*kv_row.shape[:-1], n_heads, d_head)
+    z = torch.zeros(*kv_row.shape[:-1], n_heads, d_head, dtype=v_tab.dtype, device=v_tab.device)  # [..., n_heads, d_head]
+    for j in range(key.shape[-1]):  # one lookup per position keeps the largest intermediate at [..., d_model]
+        v_j = v_flat.index_select(0, kv_row[..., j].flatten()).view(*kv_row.shape[:-1], n_heads, d_head)
+        z = torch.addcmul(z, pattern[..., j, :, None], v_j)  # z + pattern_j * v_j in one pass
     resid = resid_tab.reshape(-1, d_model).index_select(0, kv_row[..., -1].flatten()).view(*kv_row.shape[:-1], d_model)
     return z.flatten(-2), resid
 
@@ -974,8 +975,8 @@ def mlp_logits(params, z, resid, return_hidden=False):
     """W_O, the MLP and the unembedding at the last position: z [R, B, n_heads*d_head], resid [R, B, d_model] -> logits [R, B, n_out]."""
     R, d_model = resid.shape[0], resid.shape[2]
     resid = torch.baddbmm(resid, z, params["W_O"].reshape(R, -1, d_model))  # [R, B, d_model]
-    # In-place bias and ReLU reuse the fresh [R, B, d_mlp] buffer.
-    hidden = torch.bmm(resid, params["W_in"]).add_(params["b_in"][:, None]).relu_()  # [R, B, d_mlp]
+    # The bias enters the matmul (baddbmm) and the ReLU works in place: no extra pass over [R, B, d_mlp].
+    hidden = torch.baddbmm(params["b_in"][:, None], resid, params["W_in"]).relu_()  # [R, B, d_mlp]
     resid = torch.baddbmm(resid + params["b_out"][:, None], hidden, params["W_out"])  # [R, B, d_model]
     logits = torch.bmm(resid, params["W_U"])  # [R, B, n_out]
     return (logits, hidden) if return_hidden else logits
