@@ -21,6 +21,8 @@ Launch commands:
     python grok.py --train 800,1600 --seeds 0-4 --epochs 100000 --converge-window 0.5 --out runs/conv   # each run stops once converged
     python grok.py --bench --fmt nanda --train 3830                                # ms per epoch, this file
     python grok.py --bench --bench-impl reference --fmt nanda --train 3830         # ... the straightforward way
+    python grok.py --bench --p 41 --seeds 0-2 --train 50,100,170,300 --wd 1,3      # a sweep's batch (24 small runs)
+    python grok.py --bench --p 41 --seeds 0-2 --train 50,100,170,300 --wd 1,3 --bench-impl serial   # ... one by one
     python grok.py --help                                                          # every setting and its source
 Running the same command again resumes from the last checkpoint (or says the run is finished).
 """
@@ -977,8 +979,11 @@ def mlp_logits(params, z, resid, return_hidden=False):
     resid = torch.baddbmm(resid, z, params["W_O"].reshape(R, -1, d_model))  # [R, B, d_model]
     # The bias enters the matmul (baddbmm) and the ReLU works in place: no extra pass over [R, B, d_mlp].
     hidden = torch.baddbmm(params["b_in"][:, None], resid, params["W_in"]).relu_()  # [R, B, d_mlp]
-    resid = torch.baddbmm(resid + params["b_out"][:, None], hidden, params["W_out"])  # [R, B, d_model]
-    logits = torch.bmm(resid, params["W_U"])  # [R, B, n_out]
+    # The logits are linear in the MLP's output, so W_out is folded into W_U:
+    #   (resid + b_out + hidden @ W_out) @ W_U = (resid + b_out) @ W_U + hidden @ (W_out @ W_U),
+    # and per input [d_mlp x n_out] replaces [d_mlp x d_model] then [d_model x n_out] (n_out < d_model).
+    direct = torch.bmm(resid + params["b_out"][:, None], params["W_U"])  # [R, B, n_out]
+    logits = torch.baddbmm(direct, hidden, params["W_out"] @ params["W_U"])  # [R, B, n_out]
     return (logits, hidden) if return_hidden else logits
 
 
