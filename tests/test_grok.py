@@ -265,6 +265,18 @@ def test_batched_runs_equal_single_runs(tmp_path, device):
         assert err_p < 1e-4 and err_h < 1e-4, f"run {r}: params differ by {err_p:.2e}, history by {err_h:.2e}"
 
 
+def test_flush_subnormal_grad_zeroes_only_subnormal_gradient_entries():
+    # The forward is the identity; the backward keeps every entry at or above float32's smallest
+    # normal number (1.18e-38) and zeroes the subnormal ones, of either sign, as written out here.
+    x = torch.zeros(6, requires_grad=True)
+    grad = torch.tensor([1e-39, -1e-40, 1.5e-38, -2e-38, 0.5, 1.4e-45])
+    y = grok.FlushSubnormalGrad.apply(x)
+    assert torch.equal(y, x.detach())
+    got, = torch.autograd.grad(y, x, grad)
+    want = torch.tensor([0.0, 0.0, 1.5e-38, -2e-38, 0.5, 0.0])
+    assert torch.equal(got, want), f"{got} != {want}"
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_batch_losses_and_gradients_equal_forward_run_by_run(device):
     # The training step's loss (attention tables shared by all runs, the MLP group by group,
