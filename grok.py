@@ -1146,9 +1146,11 @@ def batch_losses(params, batch):
     z, resid = attention_output(params, resid_tab, pattern, batch["run"], batch["key"])  # [N, H*E], [N, d_model]
     per_group = [len(w.flatten()) for w in batch["weight"]]  # inputs per group: R_g * D_g
     late = ("W_O", "W_in", "b_in", "W_out", "b_out", "W_U")
-    pieces = {n: params[n].split(batch["runs_per_group"]) for n in late}
+    one = len(per_group) == 1  # one group: no split, whose backward would copy every gradient once more
+    pieces = {n: (params[n],) if one else params[n].split(batch["runs_per_group"]) for n in late}
+    z_parts, resid_parts = ((z,), (resid,)) if one else (z.split(per_group), resid.split(per_group))
     losses = []
-    for g, (z_g, resid_g) in enumerate(zip(z.split(per_group), resid.split(per_group))):
+    for g, (z_g, resid_g) in enumerate(zip(z_parts, resid_parts)):
         shape = batch["weight"][g].shape  # [R_g, D_g]
         logits = mlp_logits({n: pieces[n][g] for n in late}, z_g.view(*shape, -1), resid_g.view(*shape, -1))
         logits = FlushSubnormalGrad.apply(logits)  # [R_g, D_g, n_out]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # reproduce.sh: the paper's figures and a results report, from a fresh clone.
 #
-#   ./reproduce.sh                  quick profile: about 32 min on a 2-core CPU, no GPU (stage times in README.md)
+#   ./reproduce.sh                  quick profile: about 35 min on a 2-core CPU, no GPU (stage times in README.md)
 #   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, hours)
 #   ./reproduce.sh paper            paper profile: one GPU, the paper's sizes as far as one GPU allows
 #   ./reproduce.sh quick fig4       one stage of a profile (stages are named after the figures)
@@ -94,14 +94,14 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
   MEM_EPOCHS=3000
   FIG8_TASK=div FIG8_EPOCHS=2000 FIG8_SIZES=100,170,280,460,760 FIG8_WDS=1,3 FIG8_UNGROK_EPOCHS=3000
   LOG_EVERY=100
-  EXPECT_fig2=10 EXPECT_fig1a=301 EXPECT_fig4=546 EXPECT_fig5=637 EXPECT_fig3=240 EXPECT_fig8=136 EXPECT_report=5
+  EXPECT_fig2=14 EXPECT_fig1a=365 EXPECT_fig4=462 EXPECT_fig5=726 EXPECT_fig3=285 EXPECT_fig8=181 EXPECT_report=7
   if [ "$PROFILE" = long ]; then  # the same stages and grids, budgets for convergence (README: measured rates)
     UNGROK_SIZES=50,70,85,100,130,170,230,300 UNGROK_EPOCHS=100000   # App. A.2: 100k steps
     SCRATCH_SIZES=600,650,700,750,800,1000 SCRATCH_SEEDS=0-2 SCRATCH_EPOCHS=100000   # 18 runs
     MEM_EPOCHS=50000
     FIG8_UNGROK_EPOCHS=20000
     LOG_EVERY=500
-    EXPECT_fig2=10 EXPECT_fig1a=320 EXPECT_fig4=0 EXPECT_fig5=0 EXPECT_fig3=0 EXPECT_fig8=0 EXPECT_report=30
+    EXPECT_fig2=14 EXPECT_fig1a=365 EXPECT_fig4=0 EXPECT_fig5=0 EXPECT_fig3=0 EXPECT_fig8=0 EXPECT_report=30
   fi
 else  # paper: one GPU, the paper's p=113 and grids
   SMALL=""
