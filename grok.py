@@ -873,7 +873,7 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
         if epoch == cfg.epochs or not active:
             break
         if batch is None:
-            batch = make_batch(params, state, runs, tokens, train_idx, train_labels, group_rows(cfg, device), device,
+            batch = make_batch(params, state, runs, tokens, train_idx, train_labels, group_cost(cfg, device), device,
                                active)
         loss = train_step(batch, epoch + 1, cfg.beta1, cfg.beta2, cfg.eps)  # [A]: each run's mean loss over its own D
         with torch.no_grad():  # a running flag on the device: read only at checkpoints and at the end
@@ -1035,7 +1035,7 @@ def forward_last_folded(params, tokens):
     return torch.baddbmm(mix(direct_tab), hidden, params["W_out"] @ params["W_U"])  # [R, B, n_out]
 
 
-def group_rows(cfg, device):
+def group_cost(cfg, device):
     """One group's fixed cost in padded training examples: --group-rows, or the device's default."""
     # Measured on the 2-core CPU (16 runs of one D at p=41, forced into 1 ... 16 groups): each extra
     # group costs about 0.9 ms, and a padded example about 7.2 us, so a group is worth about 125
@@ -1277,7 +1277,7 @@ def reference_steps(params, cfg, train_tokens, train_labels, train_weight, test)
 def fast_steps(params, cfg, runs, tokens, train_idx, train_labels, test, device):
     """This file's way, for --bench-impl fast: train_step on a batch of every run, then write_back and evaluate."""
     state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}
-    batch = make_batch(params, state, runs, tokens, train_idx, train_labels, group_rows(cfg, device), device,
+    batch = make_batch(params, state, runs, tokens, train_idx, train_labels, group_cost(cfg, device), device,
                        list(range(len(runs["seed"]))))
     step = [0]
 
