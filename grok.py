@@ -929,7 +929,8 @@ def attention_tables(params, rows):
     # of (j, token_j) alone. So every query, key and value is a row of a small table over
     # (position, token), computed once for all inputs (a few hundred rows, not B * n_ctx).
     d_head = params["W_Q"].shape[3]
-    resid_tab = params["W_E"][:, rows["tok"]] + params["W_pos"][:, rows["pos"]]  # [R, n_rows, d_model]
+    # index_select, not [:, rows]: its backward is an index_add, where advanced indexing's is a slower index_put.
+    resid_tab = params["W_E"].index_select(1, rows["tok"]) + params["W_pos"].index_select(1, rows["pos"])  # [R, n_rows, d_model]
     q_tab = torch.einsum("rqd,rhde->rqhe", resid_tab[:, -rows["n_last"]:], params["W_Q"])  # [R, n_last, n_heads, d_head]
     k_tab = torch.einsum("rnd,rhde->rnhe", resid_tab, params["W_K"])  # [R, n_rows, n_heads, d_head]
     score_tab = torch.einsum("rqhe,rnhe->rqnh", q_tab, k_tab) / math.sqrt(d_head)  # [R, n_last, n_rows, n_heads]
@@ -958,19 +959,48 @@ def last_position_attention(params, tokens):
     return resid_tab, key, last_position_pattern(score_tab, run, key)
 
 
+class MixValues(torch.autograd.Function):
+    """z [M, n_heads, d_head] = sum_j pattern[:, j, :, None] * v_flat[kv_row[:, j]]: the values mixed by the pattern, with a lean backward."""
+    # What autograd would record for the loop of lookups and addcmuls makes six passes over
+    # [M, n_heads, d_head] per position in the backward (addcmul's backward multiplies by its scale
+    # 1 before multiplying by the gradient); this backward makes four: the product with each
+    # position's values and its sum over d_head (the pattern's gradient), and the gradient scaled
+    # by the pattern, added into the value table's rows (the values' gradient).
+
+    @staticmethod
+    def forward(ctx, pattern, v_flat, kv_row):
+        # pattern [M, T, n_heads], v_flat [n_rows_all, n_heads, d_head], kv_row [M, T]: row of each input's (run, j, token_j)
+        ctx.save_for_backward(pattern, v_flat, kv_row)
+        z = v_flat.new_zeros(kv_row.shape[0], *v_flat.shape[1:])  # [M, n_heads, d_head]
+        for j in range(kv_row.shape[1]):  # one lookup per position keeps the largest intermediate at [M, n_heads, d_head]
+            z.addcmul_(pattern[:, j, :, None], v_flat.index_select(0, kv_row[:, j]))  # z + pattern_j * v_j in one pass
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):
+        pattern, v_flat, kv_row = ctx.saved_tensors
+        grad = grad.contiguous()  # [M, n_heads, d_head]
+        grad_pattern = torch.empty_like(pattern)  # [M, T, n_heads]
+        grad_v = torch.zeros_like(v_flat)  # [n_rows_all, n_heads, d_head]
+        prod = torch.empty_like(grad)
+        for j in range(kv_row.shape[1]):
+            torch.mul(grad, v_flat.index_select(0, kv_row[:, j]), out=prod)
+            grad_pattern[:, j] = prod.sum(-1)  # d loss / d pattern_j = <grad, v_j> over d_head
+            torch.mul(grad, pattern[:, j, :, None], out=prod)
+            grad_v.index_add_(0, kv_row[:, j], prod)  # d loss / d v_j = pattern_j * grad, into v_j's table row
+        return grad_pattern, grad_v, None
+
+
 def attention_output(params, resid_tab, pattern, run, key):
     """The last position's mixed values z [..., n_heads * d_head] (before W_O) and its own residual row [..., d_model]."""
     n_rows, d_model = resid_tab.shape[1:]
-    n_heads, d_head = params["W_V"].shape[1], params["W_V"].shape[3]
+    n_heads, d_head, T = params["W_V"].shape[1], params["W_V"].shape[3], key.shape[-1]
     v_tab = torch.einsum("rnd,rhde->rnhe", resid_tab, params["W_V"])  # [R, n_rows, n_heads, d_head]
     kv_row = run[..., None] * n_rows + key  # [..., T]: row of (run, j, token_j)
-    v_flat = v_tab.reshape(-1, n_heads, d_head)
-    z = torch.zeros(*kv_row.shape[:-1], n_heads, d_head, dtype=v_tab.dtype, device=v_tab.device)  # [..., n_heads, d_head]
-    for j in range(key.shape[-1]):  # one lookup per position keeps the largest intermediate at [..., d_model]
-        v_j = v_flat.index_select(0, kv_row[..., j].flatten()).view(*kv_row.shape[:-1], n_heads, d_head)
-        z = torch.addcmul(z, pattern[..., j, :, None], v_j)  # z + pattern_j * v_j in one pass
-    resid = resid_tab.reshape(-1, d_model).index_select(0, kv_row[..., -1].flatten()).view(*kv_row.shape[:-1], d_model)
-    return z.flatten(-2), resid
+    lead = kv_row.shape[:-1]
+    z = MixValues.apply(pattern.reshape(-1, T, n_heads), v_tab.reshape(-1, n_heads, d_head), kv_row.reshape(-1, T))  # [M, n_heads, d_head]
+    resid = resid_tab.reshape(-1, d_model).index_select(0, kv_row[..., -1].flatten()).view(*lead, d_model)
+    return z.view(*lead, n_heads * d_head), resid
 
 
 def mlp_logits(params, z, resid, return_hidden=False):
