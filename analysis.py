@@ -557,15 +557,15 @@ def efficiency_table(run_dirs, log=print):
             raise ValueError(f"{d} and {first[0]} hold networks of different shapes ({diff}); pool runs of one shape")
         params = load_params(os.path.join(d, "params.pt"))
         norms = sum_squared_weights(params).sqrt()  # [R]
+        converged = grok.converged_at_end(run["hist"], run["cfg"])  # [R]
         for r in range(len(run["runs"]["seed"])):
             data = pair_data(run, r)
             Zf, _, Z_T, Z_M, _, strength = trig_summary(params, r, data)
             m = logit_measures(Zf, Z_T, Z_M, strength, data)
-            why = str(run["hist"]["stop_reason"][r]) if "stop_reason" in run["hist"] else ""
             row = dict(dir=j, dir_name=os.path.basename(os.path.normpath(d)), run=r, seed=run["runs"]["seed"][r],
                        n_train=run["runs"]["n_train"][r], wd=run["runs"]["wd"][r],
                        random_labels=bool(run["cfg"]["random_labels"]), init_from=bool(run["cfg"]["init_from"]),
-                       converged=why.startswith("converged"), param_norm=norms[r].item(), **{k: m[k] for k in measures})
+                       converged=bool(converged[r]), param_norm=norms[r].item(), **{k: m[k] for k in measures})
             for k, v in row.items():
                 cols[k].append(v)
     log(f"efficiency: {len(cols['run'])} run(s) from {len(run_dirs)} director(ies) in {time.perf_counter() - t0:.1f} s")
