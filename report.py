@@ -297,7 +297,8 @@ def check_grokking(epoch, train_acc, test_acc, seed, level=0.99, min_delay=10.0,
     lo = float(np.median(bound[ok])) if ok.any() else float("nan")
     hi = float(np.median(np.where(censored, np.inf, bound)[ok])) if ok.any() else float("nan")
     seeds = n_seeds(seed[ok & ~censored])  # networks seen to generalise: bounds alone show no transition
-    value = (f"median delay ratio {lo:.1f}" + (f" to {hi:.1f}" if hi != lo else "") +
+    upper = "" if hi == lo else (" or more (no upper bound)" if not np.isfinite(hi) else f" or more (at most {hi:.1f})")
+    value = (f"median delay ratio {lo:.1f}" + upper +
              (f" ({int(censored.sum())} runs not generalised within {int(epoch[-1])} epochs: ratio > their bound)"
               if censored.any() else ""))
     v = verdict(claim="grokking: test accuracy rises long after train accuracy (Fig. 1a)",
@@ -351,6 +352,10 @@ def check_p2(table, low=0.2, high=0.9, max_width=3.0, min_seeds=3):
              ", ".join(f"seed {r['seed']} wd {r['wd']:g}: {bracket_text(r['lo'], r['hi'])} ({r['status']})" for r in rows))
     if count["unspanned"]:
         value += f"; {count['unspanned']} curves not spanned by their converged runs (the grid or the budget misses the fall)"
+    if not table["converged"].all():  # shown, not judged: every run's last state as if it had converged
+        end = [p2_curve(c["D"], c["test_acc"], np.ones(len(c["D"]), bool), low, high, max_width) for _, c in curves(table)]
+        value += (f"; at the budget's end, not judged: {sum(e[3] == 'pass' for e in end)} of {len(end)} curves pass, "
+                  f"brackets " + ", ".join(bracket_text(e[0], e[1]) for e in end))
     v = verdict(claim="P2 ungrokking: a phase transition in D' (Sec. 5.2, Fig. 4)",
                 passage="\"there will be a phase transition around D_crit\"; Fig. 4: \"a sharp transition from strong "
                         "test accuracy to near-zero test accuracy\"",
@@ -400,10 +405,16 @@ def check_p3(table, level=0.5, max_spread=1.5, min_seeds=3):
         rows.append(dict(seed=s, brackets=b, narrow=narrow, wide=wide, status=status))
     decided = [r for r in rows if r["status"] != "undecided"]
     n_held = sum(r["status"] == "held" for r in decided)
+    end = {}  # shown, not judged: the brackets of every run's last state, as if all had converged
+    for (s, w), c in curves(table):
+        end.setdefault(s, {})[w] = bracket(c["D"], c["test_acc"], np.ones(len(c["D"]), bool), level)
     value = f"{n_held} of {len(decided)} decided networks held; " + "; ".join(
         f"seed {r['seed']}: " + ", ".join(f"wd={w:g} {bracket_text(*r['brackets'][w])}" for w in sorted(r["brackets"]))
         + (f", spread {r['narrow']:.2f}-{r['wide']:.2f}" if np.isfinite(r["narrow"]) else "") + f" ({r['status']})"
         for r in rows)
+    if not table["converged"].all():
+        value += "; at the budget's end, not judged: " + "; ".join(
+            f"seed {s}: " + ", ".join(f"wd={w:g} {bracket_text(*b[w])}" for w in sorted(b)) for s, b in end.items())
     v = verdict(claim="P3 ungrokking: the transition does not depend on weight decay (Sec. 5.2, Fig. 4)",
                 passage="\"test accuracy at convergence is independent of the strength of weight decay\"",
                 rule=f"per source network, the converged runs' bracket of the D' where test accuracy crosses {level:g} "
@@ -420,13 +431,16 @@ def check_p3(table, level=0.5, max_spread=1.5, min_seeds=3):
 
 
 def dcrit_brackets(table, levels=(0.5, 0.7), by_wd=True):
-    """D_crit per network seed (and weight decay) as brackets of converged runs: rows (wd or nan, level, {seed: (lo, hi)})."""
+    """D_crit per network seed (and weight decay) as brackets: rows (wd or nan, level, {seed: (lo, hi)} of converged runs,
+    the same of every run's last state, shown and not judged)."""
     out = []
     for level in levels:
         for w in (np.unique(table["wd"]) if by_wd else [float("nan")]):
             sub = {k: v[table["wd"] == w] for k, v in table.items()} if by_wd else table
             b = {s[0]: bracket(c["D"], c["test_acc"], c["converged"], level) for s, c in curves(sub, keys=("seed",))}
-            out.append((float(w), level, b))
+            end = {s[0]: bracket(c["D"], c["test_acc"], np.ones(len(c["D"]), bool), level)
+                   for s, c in curves(sub, keys=("seed",))}  # shown, not judged: every run's last state
+            out.append((float(w), level, b, end))
     return out
 
 
@@ -936,7 +950,7 @@ def section_efficiency(folder):
         p1 = check_p1(rows)
         if p1["n_converged"] < p1["n_runs"]:  # the same fit on every run, converged or not: shown, not judged
             at_end = check_p1(p1_rows(table, need_converged=False))
-            p1["value"] += f"; at the budget's end, not judged: {at_end['value']}"
+            p1["value"] += f"; at the budget's end, not judged: {at_end['value'].split('; trig share')[0]}"
         overlap = sorted(set(rows["mem"]["D"].tolist()) & set(rows["gen"]["D"].tolist()))
         near = p1_rows(table, need_converged=False, min_seeds=1)  # per D, how many seeds qualify but for convergence
         seeds_at = lambda c, D: n_seeds(near[c]["seed"][near[c]["D"] == D])
@@ -1016,8 +1030,8 @@ def dcrit_section(folder):
          "Per network seed, the converged runs' bracket of the D where final test accuracy crosses 0.5 and 0.7 "
          "(App. A.2 reads D_crit at ~0.7): from the largest converged D below the level to the smallest at or above "
          "it; \"below X\" or \"above X\" where the grid's converged runs see only one side.", "",
-         "| from | modulus | weight decay | level | per seed | all seeds within |",
-         "| --- | --- | --- | --- | --- | --- |"]
+         "| from | modulus | weight decay | level | per seed | all seeds within | at the budget's end, not judged |",
+         "| --- | --- | --- | --- | --- | --- | --- |"]
     rows_out = []
     for name, label, by_wd in (("ungrok", "ungrokking (networks trained on every pair)", True),
                                ("scratch", "training from scratch", False)):
@@ -1028,15 +1042,20 @@ def dcrit_section(folder):
         if name == "ungrok":  # only networks verified as C_gen before ungrokking
             keep = np.isin(t["seed"], sorted(verified_sources(folder)[1]))
             t = {k: v[keep] for k, v in t.items()}
-        for w, level, b in dcrit_brackets(t, by_wd=by_wd):
+        for w, level, b, end in dcrit_brackets(t, by_wd=by_wd):
             per = ", ".join(f"seed {s}: {bracket_text(*x)}" for s, x in sorted(b.items()))
-            los, his = [x[0] for x in b.values()], [x[1] for x in b.values()]
-            pooled = bracket_text(min(los), max(his)) if b else "none"
-            L.append(f"| {label} | {run['cfg']['p']} | {'-' if np.isnan(w) else f'{w:g}'} | {level:g} | {per} | {pooled} |")
+            pool = lambda d: bracket_text(min(x[0] for x in d.values()), max(x[1] for x in d.values())) if d else "none"
+            pooled = pool(b)
+            if pooled == "not seen":
+                pooled = "no converged run on either side"
+            at_end = ", ".join(f"seed {s}: {bracket_text(*x)}" for s, x in sorted(end.items()))
+            L.append(f"| {label} | {run['cfg']['p']} | {'-' if np.isnan(w) else f'{w:g}'} | {level:g} | {per} | {pooled} "
+                     f"| {at_end} |")
             if level == 0.7 and (np.isnan(w) or w == 1.0):
                 n_both = sum(lo > 0 and np.isfinite(hi) and hi > lo for lo, hi in b.values())
                 rows_out.append((f"D_crit at 0.7, {label.split(' (')[0]}, p={run['cfg']['p']}" +
-                                 ("" if np.isnan(w) else f", wd={w:g}"), f"within {pooled}", per, n_both))
+                                 ("" if np.isnan(w) else f", wd={w:g}"),
+                                 f"{pooled}; at the budget's end, not judged: {pool(end)}", per, n_both))
     L += ["", "Paper: ~0.7 test accuracy at D' around 800-1000 for p=113 (App. A.2); D_crit grows with p, so only "
           "figures at the same p compare.", ""]
     return L, rows_out

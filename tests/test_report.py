@@ -96,11 +96,11 @@ def test_dcrit_brackets_per_seed_with_bounds():
     D = np.array([100, 200, 400, 800] * 2)
     acc = np.array([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
     t = dict(D=D, test_acc=acc, seed=np.repeat([0, 1], 4), wd=np.ones(8), converged=np.ones(8, bool))
-    (w, level, b), = report.dcrit_brackets(t, levels=(0.5,))
-    assert b == {0: (200, 400), 1: (0.0, 100)}, b  # seed 1's D_crit lies below the grid: a bound, kept
+    (w, level, b, end), = report.dcrit_brackets(t, levels=(0.5,))
+    assert b == {0: (200, 400), 1: (0.0, 100)} and end == b, b  # seed 1's D_crit lies below the grid: a bound, kept
     t["converged"][2] = False  # seed 0's run at 400 unconverged: its bracket widens to 200-800
-    (_, _, b), = report.dcrit_brackets(t, levels=(0.5,))
-    assert b[0] == (200, 800), b
+    (_, _, b, end), = report.dcrit_brackets(t, levels=(0.5,))
+    assert b[0] == (200, 800) and end[0] == (200, 400), (b, end)  # the last state, shown, keeps 400
 
 
 def grokking_curves(t_train, t_test, n):
