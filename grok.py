@@ -791,8 +791,9 @@ def window_movement(epochs, x, now, window):
 # The test reads functions of the network, not its coordinates: with AdamW each coordinate keeps
 # moving by about lr a step even once the loss has settled (a network of the test suite that fits
 # every pair, loss 4e-8, still moved 8-15% of its norm per 100 epochs at lr 3e-3), while its
-# accuracy, loss and norm stay put. The loss is the circuit mix's gauge: while C_gen replaces C_mem
-# at a flat accuracy (ungrokking towards its final level, Fig. 7), the loss keeps moving.
+# accuracy, loss and norm stay put. The loss is the circuit mix's gauge: while one circuit replaces
+# the other at a flat accuracy (C_mem taking over as an ungrokking run nears its level, Fig. 7),
+# the loss keeps moving.
 CONVERGE_KEYS = ("move_acc", "move_loss", "move_norm")
 
 
