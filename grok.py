@@ -931,9 +931,9 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
                 first_bad = torch.where(~torch.isfinite(train_loss) & (first_bad < 0) & training, epoch, first_bad)
             metrics = dict(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
                            param_norm=param_norm(params))
-            record(hist, epoch, wall(), dict(metrics, **{k: torch.zeros(R) for k in CONVERGE_KEYS}))  # placeholders ...
-            for k, v in convergence_movements(cfg, hist, epoch).items():  # ... for the movements, which read this record too
-                hist[k][-1] = v
+            record(hist, epoch, wall(), metrics)
+            for k, v in convergence_movements(cfg, hist, epoch).items():  # the movements read this record too
+                hist[k].append(v)
             if cfg.converge_window > 0 and note_converged(hist, stops, cfg, epoch):
                 batch = None
             stop = cfg.stop_acc > 0 and bool((test_acc >= cfg.stop_acc).all())
