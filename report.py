@@ -147,7 +147,8 @@ def false_convergence(run, levels=(0.2, 0.5, 0.7, 0.9)):
     """
     # A test that calls a run converged too early would show here: trained on, the run moves on.
     # Only runs that trained on after passing can be checked (--converge-train-on; a stopped run
-    # stays put by construction), so this reads the from-scratch sweep, which records and trains on.
+    # stays put by construction), so this reads the sweeps that record and train on: the from-scratch
+    # sweep, and the long profile's ungrokking sweep.
     h, c = run["hist"], run["cfg"]
     if "converged_epoch" not in h or not c.get("converge_train_on"):
         return None
@@ -934,7 +935,7 @@ def section_ungrok(folder):
     for r in p2["rows"]:
         L.append(f"| {r['seed']} | {r['wd']:g} | {r['n_conv']} of {r['n']} | {bracket_text(r['lo'], r['hi'])} | "
                  f"{r['width']:.2f}x | {r['status']} |")
-    L += ["", movement_line(run), ""] + ["### P2", ""] + verdict_lines(p2) + ["### P3", ""] + verdict_lines(p3)
+    L += ["", movement_line(run), "", false_convergence_line(run), ""] + ["### P2", ""] + verdict_lines(p2) + ["### P3", ""] + verdict_lines(p3)
     L += ["Figures: `fig4_ungrokking.png`, `fig7_ungrokking_runs.png`, `fig1b_ungrokking.png`.", ""]
     return L, [("P2: width of the transition in D'", p2), ("P3: spread of the transition over weight decays", p3)]
 

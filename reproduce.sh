@@ -57,8 +57,8 @@ fi
 # ---- Profiles: every size, grid and epoch budget a stage uses. All keep the paper's model and
 # optimiser (App. A: lr 1e-3, betas 0.9/0.98, wd 1 unless a grid says otherwise). Every run of a
 # sweep stops on its own once it has converged (converge, below), up to its budget, and leaves the
-# batch, except the from-scratch sweep's, which train to their budget; results.md judges only
-# converged runs. The quick and long profiles run the experiments at
+# batch, except the from-scratch sweep's (and the long profile's ungrokking sweep's), which train
+# to their budget; results.md judges only converged runs. The quick and long profiles run the experiments at
 # p=41 (1681 pairs; every figure's title says so); Fig. 1a keeps the paper's p=113.
 # EXPECT_* are stage times in seconds measured on a 2-core CPU (0: not measured).
 #
@@ -69,6 +69,7 @@ fi
 # The from-scratch sweep records the test and trains on (--converge-train-on): a semi-grokking run
 # is never stopped on a plateau (Fig. 6's lasts most of its training before the rise).
 converge() { echo "--converge-window $CONVERGE_WINDOW --converge-acc 0.005 --converge-loss 0.05 --converge-norm 0.005"; }
+UNGROK_TRAIN_ON=""          # 1: ungrokking runs record the test and train to their budget
 GEN_SIZES=""                # the dedicated C_gen-only sweep of P1 (empty: P1's C_gen from the from-scratch sweep)
 MODEL=""                    # grok.py flags for Fig. 1a's task and model; empty = the paper's (App. A)
 if [ "$PROFILE" = tiny ]; then  # pipeline logic at toy scale, for tests/test_reproduce.py: nothing groks
@@ -101,17 +102,27 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
   FIG8_TASK=div FIG8_EPOCHS=2000 FIG8_SIZES=100,170,280,460,760 FIG8_WDS=1,3 FIG8_UNGROK_EPOCHS=3000
   LOG_EVERY=100 CONVERGE_WINDOW=2000   # 20 records, 5 a quarter; 2 weight-decay time constants 1/(lr wd) at wd 1
   EXPECT_fig2=13 EXPECT_fig1a=397 EXPECT_fig4=491 EXPECT_fig5=626 EXPECT_fig3=254 EXPECT_fig8=168 EXPECT_report=8
-  if [ "$PROFILE" = long ]; then  # grids and budgets from the probes in README.md (not yet run end to end)
-    # Ungrokking at p=41 moves in units of lr*wd*epochs: at wd 1 it is three times slower than at
-    # wd 3 and runs near the transition were still moving after 14000 epochs, so the long profile
-    # uses wd 3 and 10 (1/(lr wd) = 333 and 100 epochs; the paper varies wd in Fig. 4 without a
-    # range). D' about 1.15x apart over where the probes' converged runs fell (130-400).
-    UNGROK_SIZES=130,150,170,200,230,265,300,345,400 UNGROK_WDS=3,10 UNGROK_EPOCHS=30000
-    SCRATCH_SIZES=600,650,700,750,800,1000 SCRATCH_SEEDS=0-2 SCRATCH_EPOCHS=20000   # 18 runs, each to its budget
-    MEM_SEEDS=0-4 MEM_EPOCHS=20000                     # P1: at least 5 seeds of each circuit
-    GEN_SIZES=1000,1200,1500 GEN_WDS=1,2 GEN_SEEDS=0-4 GEN_EPOCHS=10000   # well above the from-scratch transition
-    FIG8_UNGROK_EPOCHS=20000
-    LOG_EVERY=200 CONVERGE_WINDOW=4000   # a run near the transition drifting 0.01 per 2000 epochs shows over 4000
+  if [ "$PROFILE" = long ]; then  # grids and budgets from the probes in README.md
+    # Ungrokking at p=41 moves in units of lr*wd*epochs, and near the transition it was still
+    # moving after 14000 epochs at wd 3. At wd 20 the networks no longer fit their training set
+    # (train accuracy 0.94-0.99); at wd 10 they do, and settle within about 11000 epochs. So the
+    # long profile ungrokks at wd 5 and 10 (1/(lr wd) = 200 and 100 epochs; the paper varies wd in
+    # Fig. 4 without stating a range), D' about 1.15x apart over 100-345, and trains every run to
+    # its budget while recording the test (--converge-train-on): a run counts as converged only if
+    # it passes at its last record, and runs that passed early measure false convergence.
+    UNGROK_SIZES=100,115,130,150,170,200,230,265,300,345 UNGROK_WDS=5,10 UNGROK_EPOCHS=16000
+    UNGROK_TRAIN_ON=1
+    SCRATCH_SIZES=600,700,800,1000 SCRATCH_SEEDS=0-2 SCRATCH_EPOCHS=8000   # 12 runs, each to its budget
+    # P1, 5 seeds of each circuit. C_mem at wd 3 and 5: random-label networks at wd 1-2 were still
+    # shrinking their norm by 0.005 (log) per 3000 epochs at epoch 12000; at wd 5 they passed by 7000.
+    # C_gen at D = 1000 and 1200 (the 0.7 crossing from scratch lies in 600-800), the same two wds:
+    # a probe at wd 3 generalised by epoch 3000 and passed the test near 5500.
+    MEM_SIZES=200,400 MEM_WDS=3,5 MEM_SEEDS=0-4 MEM_EPOCHS=12000
+    GEN_SIZES=1000,1200 GEN_WDS=3,5 GEN_SEEDS=0-4 GEN_EPOCHS=7000
+    # A 3000-epoch window is 15 weight-decay time constants at wd 5 (30 at wd 10): the drift that a
+    # probe's run showed after passing a 2000-epoch window at wd 3 (0.023 over 4600 epochs, 14 time
+    # constants) fails it. Random-label and C_gen networks at wd 3-5 see 9-15 time constants.
+    LOG_EVERY=150 CONVERGE_WINDOW=3000   # 20 records, 5 a quarter
     EXPECT_fig2=14 EXPECT_fig1a=365 EXPECT_fig4=0 EXPECT_fig5=0 EXPECT_fig3=0 EXPECT_fig8=0 EXPECT_report=30
   fi
 else  # paper: one GPU, the paper's p=113 and grids
@@ -188,7 +199,7 @@ run_fig4() {  # Fig. 4, 7, 10, 1b (P2, P3, D_crit): ungrokking networks trained 
   $PY grok.py $SMALL --train 1.0 --seeds "$FULL_SEEDS" --epochs "$FULL_EPOCHS" $TRAIN --out "$full"
   $PY analysis.py --efficiency "$full" --out "$(where sources)"
   $PY grok.py $SMALL --init-from "$full" --seeds "$FULL_SEEDS" --train "$UNGROK_SIZES" --wd "$UNGROK_WDS" \
-    --epochs "$UNGROK_EPOCHS" $(converge) $TRAIN --out "$ungrok"
+    --epochs "$UNGROK_EPOCHS" $(converge) ${UNGROK_TRAIN_ON:+--converge-train-on} $TRAIN --out "$ungrok"
   $PY analysis.py --efficiency "$ungrok" --out "$(where efficiency_ungrok)"   # Fig. 10
   cp "$(where efficiency_ungrok)/fig10.png" "$OUT/fig10_logit_ratio.png"
 }
