@@ -13,7 +13,8 @@ The mechanistic maths (App. B split, Nanda et al.'s measures, Fig. 3, 9, 10) is 
 
 Launch commands:
     python report.py out/quick --profile quick     # figures + results.md for a reproduce.sh folder
-    python report.py --where ungrok                # a path of the layout (reproduce.sh asks this way)
+    python report.py --where ungrok                # a path of the layout
+    python report.py --where all                   # every path of the layout (reproduce.sh reads it once)
     python report.py --movement out/quick/runs/ungrok   # each run's convergence test at its last record
 Tests: python -m pytest -q tests/test_report.py
 """
@@ -38,7 +39,7 @@ import grok  # noqa: E402  atomic writers, task names, the command-line helpers
 
 
 def layout():
-    """What reproduce.sh writes where, relative to its output folder (reproduce.sh asks `report.py --where NAME`)."""
+    """What reproduce.sh writes where, relative to its output folder (reproduce.sh reads `report.py --where all`)."""
     return dict(
         toy_csv="fig2_toy.csv",                # toy_sim.py --csv: the three presets of Fig. 2
         grok="runs/grok",                      # Fig. 1a: the paper's standard run (p=113, D=3830, wd=1)
@@ -1052,7 +1053,7 @@ def dcrit_section(folder):
             at_end = ", ".join(f"seed {s}: {bracket_text(*x)}" for s, x in sorted(end.items()))
             L.append(f"| {label} | {run['cfg']['p']} | {'-' if np.isnan(w) else f'{w:g}'} | {level:g} | {per} | {pooled} "
                      f"| {at_end} |")
-            if level == 0.7 and (np.isnan(w) or w == 1.0):
+            if level == 0.7:  # the paper's level, one summary row per weight decay
                 n_both = sum(lo > 0 and np.isfinite(hi) and hi > lo for lo, hi in b.values())
                 rows_out.append((f"D_crit at 0.7, {label.split(' (')[0]}, p={run['cfg']['p']}" +
                                  ("" if np.isnan(w) else f", wd={w:g}"),
@@ -1124,7 +1125,7 @@ def report_lines(folder, profile):
 class Args:
     folder: str = ""  # a reproduce.sh output folder (out/quick, out/long, ...)
     profile: str = "quick"  # the reproduce.sh profile named in results.md
-    where: str = ""  # print the path of this layout entry (relative to the output folder) and exit
+    where: str = ""  # print the path of this layout entry (relative to the output folder), or "all": every "name path", and exit
     movement: str = ""  # print, for each run of this grok.py directory, the convergence test's movements at its last record
 
 
@@ -1136,6 +1137,9 @@ def main(argv=None):
         ap.add_argument("folder", nargs="?", default="", help="a reproduce.sh output folder")
         grok.add_field_flags(ap, Args, skip=("folder",))
         args = Args(**vars(ap.parse_args(argv)))
+        if args.where == "all":
+            print("\n".join(f"{name} {path}" for name, path in layout().items()))
+            return
         if args.where:
             if args.where not in layout():
                 raise ValueError(f"--where {args.where!r}: not in the layout; allowed: {', '.join(layout())}")

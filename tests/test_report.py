@@ -9,6 +9,8 @@ import os
 import numpy as np
 import pytest
 
+import analysis
+import grok
 import report
 import toy_sim
 
@@ -311,15 +313,50 @@ def test_false_convergence_measures_runs_trained_on_after_passing():
     assert report.false_convergence(run) is None
 
 
-def test_readme_results_table_is_results_md_line_for_line():
-    # The README's table of results is copied from the saved results.md of the quick profile: the
-    # same lines, so that no number in it is typed by hand.
+def test_false_convergence_on_real_runs_trained_on_after_passing(tmp_path):
+    # Small real networks (p=11) train on after passing the stop's test, to twice the epoch they
+    # passed at, and report.false_convergence reads how far they moved. The accuracy the verdicts
+    # read must not move by more than the test's tolerance nor cross a verdict level. The norm can:
+    # a trailing window that straddles a slow turn of the norm (a peak or a trough) sees a flat
+    # curve, and the run moves on after passing. So any run whose norm moved more than the
+    # tolerance must have passed with such a turn inside its window: the norm's highest point from
+    # e - window to 2e (lowest, if it rose) lies in the window before e.
+    W = 600
+    cfg = grok.Config(task="add", p=11, train="80", seeds="0-3", wd="3", lr="3e-3", epochs=6000, log_every=30,
+                      log_points=5, print_every=10**6, ckpt_every=10**6, out=str(tmp_path / "on"), device="cpu",
+                      threads=1, d_model=32, n_heads=4, d_head=8, d_mlp=64, converge_window=W, converge_acc=0.05,
+                      converge_loss=0.1, converge_norm=0.01, converge_train_on=True)
+    grok.train(cfg)
+    run = analysis.load_run(str(tmp_path / "on"))
+    f = report.false_convergence(run)
+    h = run["hist"]
+    e, passed = np.asarray(h["epoch"]), np.asarray(h["converged_epoch"])
+    assert f is not None and f["runs"].tolist() == [r for r in range(4) if 0 < 2 * passed[r] <= e[-1]] and len(f["runs"]) >= 3, \
+        (passed, f)
+    for k, r in enumerate(f["runs"]):  # the measurement against the history read by hand
+        i, j = e.tolist().index(passed[r]), e.tolist().index(2 * passed[r])
+        acc, lognorm = h["test_acc"][r], np.log(h["param_norm"][r])
+        assert abs(f["acc"][k] - abs(acc[j] - acc[i])) < 1e-12 and abs(f["norm"][k] - abs(lognorm[j] - lognorm[i])) < 1e-12
+        assert f["acc"][k] <= cfg.converge_acc, f"run {r} passed at {passed[r]} and its test accuracy moved {f['acc'][k]:.3f}"
+        if f["norm"][k] > cfg.converge_norm:
+            span = np.flatnonzero((e >= passed[r] - W) & (e <= 2 * passed[r]))
+            turn = span[np.argmax(lognorm[span])] if lognorm[j] < lognorm[i] else span[np.argmin(lognorm[span])]
+            assert passed[r] - W <= e[turn] <= passed[r], \
+                f"run {r} moved {f['norm'][k]:.4f} in log norm after passing at {passed[r]}; its turn is at {e[turn]}"
+    assert f["crossed"] == 0, f
+
+
+def test_readme_results_tables_are_results_md_line_for_line():
+    # The README's tables of results are copied from the saved results.md of each profile it shows
+    # (figures/results_<profile>.md): the same lines, so that no number in them is typed by hand.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     readme = open(os.path.join(root, "README.md")).read()
-    saved = open(os.path.join(root, "figures", "results_quick.md")).read()
     verdicts = (" | held |", " | not held |", " | inconclusive |", " | estimate |")
     table = lambda text: [line for line in text.splitlines()
                           if line.startswith("| claim |") or any(v in line for v in verdicts)]
-    got = table(readme.split("### Results of the quick profile")[1].split("What the quick profile shows")[0])
-    want = table(saved.split("## Summary")[1])
-    assert got and got == want, "\n".join(l for l in got if l not in want) or "README table is empty"
+    for profile in ("long", "quick"):
+        saved = open(os.path.join(root, "figures", f"results_{profile}.md")).read()
+        assert f"./reproduce.sh {profile}" in saved.splitlines()[0], f"results_{profile}.md: {saved.splitlines()[0]}"
+        section = readme.split(f"### Results of the {profile} profile")[1].split(f"What the {profile} profile shows")[0]
+        got, want = table(section), table(saved.split("## Summary")[1])
+        assert got and got == want, f"{profile}: " + ("\n".join(l for l in got if l not in want) or "README table is empty")
