@@ -2,7 +2,7 @@
 # reproduce.sh: the paper's figures and a results report, from a fresh clone.
 #
 #   ./reproduce.sh                  quick profile: about 35 min on a 2-core CPU, no GPU (stage times in README.md)
-#   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, hours)
+#   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, 103 min)
 #   ./reproduce.sh paper            paper profile: one GPU, the paper's sizes as far as one GPU allows
 #   ./reproduce.sh quick fig4       one stage of a profile (stages are named after the figures)
 #   ./reproduce.sh quick list       the stages, with what each one runs
@@ -124,7 +124,7 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
     # probe's run showed after passing a 2000-epoch window at wd 3 (0.023 over 4600 epochs, 14 time
     # constants) fails it. Random-label and C_gen networks at wd 3-5 see 9-15 time constants.
     LOG_EVERY=150 CONVERGE_WINDOW=3000   # 20 records, 5 a quarter
-    EXPECT_fig2=14 EXPECT_fig1a=365 EXPECT_fig4=0 EXPECT_fig5=0 EXPECT_fig3=0 EXPECT_fig8=0 EXPECT_report=30
+    EXPECT_fig2=12 EXPECT_fig1a=433 EXPECT_fig4=3031 EXPECT_fig5=743 EXPECT_fig3=1684 EXPECT_fig8=180 EXPECT_report=9
   fi
 else  # paper: one GPU, the paper's p=113 and grids
   SMALL=""
