@@ -936,7 +936,8 @@ def section_ungrok(folder):
     for r in p2["rows"]:
         L.append(f"| {r['seed']} | {r['wd']:g} | {r['n_conv']} of {r['n']} | {bracket_text(r['lo'], r['hi'])} | "
                  f"{r['width']:.2f}x | {r['status']} |")
-    L += ["", movement_line(run), "", false_convergence_line(run), ""] + ["### P2", ""] + verdict_lines(p2) + ["### P3", ""] + verdict_lines(p3)
+    L += ["", movement_line(run), "", false_convergence_line(run), ""]
+    L += ["### P2", ""] + verdict_lines(p2) + ["### P3", ""] + verdict_lines(p3)
     L += ["Figures: `fig4_ungrokking.png`, `fig7_ungrokking_runs.png`, `fig1b_ungrokking.png`.", ""]
     return L, [("P2: width of the transition in D'", p2), ("P3: spread of the transition over weight decays", p3)]
 
@@ -1125,7 +1126,7 @@ def report_lines(folder, profile):
 class Args:
     folder: str = ""  # a reproduce.sh output folder (out/quick, out/long, ...)
     profile: str = "quick"  # the reproduce.sh profile named in results.md
-    where: str = ""  # print the path of this layout entry (relative to the output folder), or "all": every "name path", and exit
+    where: str = ""  # print this layout entry's path (relative to the output folder), or with "all" every "name path"; exit
     movement: str = ""  # print, for each run of this grok.py directory, the convergence test's movements at its last record
 
 

@@ -58,8 +58,8 @@ fi
 # optimiser (App. A: lr 1e-3, betas 0.9/0.98, wd 1 unless a grid says otherwise). Every run of a
 # sweep stops on its own once it has converged (converge, below), up to its budget, and leaves the
 # batch, except the from-scratch sweep's (and the long profile's ungrokking sweep's), which train
-# to their budget; results.md judges only converged runs. The quick and long profiles run the experiments at
-# p=41 (1681 pairs; every figure's title says so); Fig. 1a keeps the paper's p=113.
+# to their budget; results.md judges only converged runs. The quick and long profiles run the
+# experiments at p=41 (1681 pairs; every figure's title says so); Fig. 1a keeps the paper's p=113.
 # EXPECT_* are stage times in seconds measured on a 2-core CPU (0: not measured).
 #
 # Convergence (grok.py's test, fixed before any run of these sweeps was judged): over the trailing

@@ -1,6 +1,6 @@
 """Tests for report.py's checks: each one on synthetic data that holds, that fails, that is censored,
 that does not span the transition, and that is unconverged or has too few seeds (inconclusive),
-against closed forms where there is one.
+against closed forms where there is one; and the false-convergence measurement on small real runs.
 
 Run: python -m pytest -q tests/test_report.py
 """
