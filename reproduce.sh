@@ -101,7 +101,7 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
   MEM_EPOCHS=3000
   FIG8_TASK=div FIG8_EPOCHS=2000 FIG8_SIZES=100,170,280,460,760 FIG8_WDS=1,3 FIG8_UNGROK_EPOCHS=3000
   LOG_EVERY=100 CONVERGE_WINDOW=2000   # 20 records, 5 a quarter; 2 weight-decay time constants 1/(lr wd) at wd 1
-  EXPECT_fig2=13 EXPECT_fig1a=397 EXPECT_fig4=491 EXPECT_fig5=626 EXPECT_fig3=254 EXPECT_fig8=168 EXPECT_report=8
+  EXPECT_fig2=18 EXPECT_fig1a=409 EXPECT_fig4=440 EXPECT_fig5=544 EXPECT_fig3=213 EXPECT_fig8=149 EXPECT_report=8
   if [ "$PROFILE" = long ]; then  # grids and budgets from the probes in README.md
     # Ungrokking at p=41 moves in units of lr*wd*epochs, and near the transition it was still
     # moving after 14000 epochs at wd 3. At wd 20 the networks no longer fit their training set
