@@ -85,6 +85,7 @@ class Config:
     converge_acc: float = 0.005  # passes when the accuracy the claims read (test; train for random labels) moved by at most this ...
     converge_loss: float = 0.05  # ... its loss (the circuit mix moves it while accuracy is flat) by at most this in log, ~5% ...
     converge_norm: float = 0.005  # ... and the parameter norm (what P1 reads) by at most this in log, all over the window
+    converge_levels: str = ""  # comma list: accuracy passes when the window's records all lie on one side of each level, in place of --converge-acc (P2, P3 read only that side)
     converge_train_on: bool = False  # a run that passes trains on, the test only recorded (semi-grokking: Fig. 6's plateau precedes its rise)
     out: str = "runs/default"  # run directory
     device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
@@ -458,6 +459,8 @@ def check_config(cfg):
     if not (cfg.converge_window >= 0 and cfg.converge_acc >= 0 and cfg.converge_loss >= 0 and cfg.converge_norm >= 0):
         raise ValueError("--converge-window must be >= 0 epochs (0: no test), --converge-acc, --converge-loss and "
                          "--converge-norm >= 0")
+    if cfg.converge_levels and not all(0 < x < 1 for x in parse_list(cfg.converge_levels, float, "converge-levels")):
+        raise ValueError(f"--converge-levels {cfg.converge_levels!r}: each level must lie strictly between 0 and 1")
     if 0 < cfg.converge_window < 4 * cfg.log_every:
         raise ValueError(f"--converge-window {cfg.converge_window} spans fewer than 4 records (--log-every "
                          f"{cfg.log_every}); allowed: 0 or at least {4 * cfg.log_every} epochs")
@@ -665,7 +668,7 @@ def new_history():
     """Empty metric lists: epoch and wall_s per record, and [R] tensors of each metric."""
     # move_*: the convergence test's movements over its window at each record (nan: no test, or too early)
     return {k: [] for k in ("epoch", "wall_s", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm",
-                            "move_acc", "move_loss", "move_norm")}
+                            *CONVERGE_KEYS)}
 
 
 def history_arrays(hist, stops):
@@ -788,17 +791,29 @@ def window_movement(epochs, x, now, window):
     return medians.max(axis=1) - medians.min(axis=1)
 
 
+def window_straddles(epochs, x, now, window, levels):
+    """How many of the levels the records of x [R, T] in the trailing window straddle: [R], nan if they do not span it."""
+    # The brackets of P2, P3 and D_crit read only on which side of their levels a run's final
+    # accuracy lies ("the test accuracy at convergence", Sec. 5.2), so a run that moves within one
+    # side changes no verdict, and one record across a level does: every record counts, not medians.
+    epochs, x = np.asarray(epochs), np.asarray(x)
+    if len(epochs) == 0 or epochs[0] > now - window:
+        return np.full(len(x), np.nan)
+    inside = x[:, (epochs > now - window) & (epochs <= now)]  # [R, records in the window]
+    return sum(((inside < lv).any(axis=1) & (inside >= lv).any(axis=1)).astype(float) for lv in levels)
+
+
 # The test reads functions of the network, not its coordinates: with AdamW each coordinate keeps
 # moving by about lr a step even once the loss has settled (a network of the test suite that fits
 # every pair, loss 4e-8, still moved 8-15% of its norm per 100 epochs at lr 3e-3), while its
 # accuracy, loss and norm stay put. The loss is the circuit mix's gauge: while one circuit replaces
 # the other at a flat accuracy (C_mem taking over as an ungrokking run nears its level, Fig. 7),
 # the loss keeps moving.
-CONVERGE_KEYS = ("move_acc", "move_loss", "move_norm")
+CONVERGE_KEYS = ("move_acc", "move_loss", "move_norm", "move_levels")
 
 
 def convergence_movements(cfg, hist, epoch):
-    """The convergence test's three movements over the window ending at epoch: {move_acc, move_loss, move_norm: [R]}."""
+    """The convergence test's movements over the window ending at epoch: {move_acc, move_loss, move_norm, move_levels: [R]}."""
     stack = lambda k: torch.stack(hist[k], dim=1).numpy()  # [R, T]
     which = "train" if cfg.random_labels else "test"  # random labels: test accuracy is chance, the claims read the fit
     R = len(hist[f"{which}_acc"][0])
@@ -808,13 +823,20 @@ def convergence_movements(cfg, hist, epoch):
     with np.errstate(divide="ignore", invalid="ignore"):
         # The loss enters as log(loss + 0.01): relative changes above 0.01 nats, and below it, where each
         # example's right class has probability > 0.99 and no claim reads the difference, almost none.
-        return dict(move_acc=move(stack(f"{which}_acc")), move_loss=move(np.log(stack(f"{which}_loss") + 0.01)),
-                    move_norm=move(np.log(stack("param_norm"))))
+        acc = stack(f"{which}_acc")
+        levels = parse_list(cfg.converge_levels, float, "converge-levels") if cfg.converge_levels else []
+        sides = torch.from_numpy(window_straddles(hist["epoch"], acc, epoch, cfg.converge_window, levels)
+                                 if levels else np.full(R, np.nan))
+        return dict(move_acc=move(acc), move_loss=move(np.log(stack(f"{which}_loss") + 0.01)),
+                    move_norm=move(np.log(stack("param_norm"))), move_levels=sides)
 
 
 def passes_convergence(moves, cfg):
     """Which runs pass the convergence test: each movement within its tolerance ([R] bools; nan fails)."""
-    limits = dict(move_acc=cfg.converge_acc, move_loss=cfg.converge_loss, move_norm=cfg.converge_norm)
+    # With --converge-levels the accuracy passes when its window straddles none of the levels, in
+    # place of moving at most --converge-acc; the loss and norm conditions stay.
+    acc = ("move_levels", 0.0) if cfg.converge_levels else ("move_acc", cfg.converge_acc)
+    limits = dict([acc], move_loss=cfg.converge_loss, move_norm=cfg.converge_norm)
     ok = torch.ones(len(moves["move_acc"]), dtype=torch.bool)
     for k, limit in limits.items():
         ok &= moves[k] <= limit
@@ -829,9 +851,11 @@ def converged_at_end(h, cfg):
     stopped = np.array([str(w).startswith("converged") for w in h["stop_reason"]], bool)
     if "move_acc" not in h or not cfg.get("converge_train_on", False):
         return stopped
-    last = {k: torch.as_tensor(np.asarray(h[k])[:, -1]) for k in CONVERGE_KEYS}
-    return stopped | passes_convergence(last, Config(**{k: cfg[k] for k in ("converge_acc", "converge_loss",
-                                                                             "converge_norm")})).numpy()
+    R = len(stopped)
+    last = {k: torch.as_tensor(np.asarray(h[k])[:, -1] if k in h else np.full(R, np.nan)) for k in CONVERGE_KEYS}
+    test = Config(**{k: cfg[k] for k in ("converge_acc", "converge_loss", "converge_norm")},
+                  converge_levels=cfg.get("converge_levels", ""))
+    return stopped | passes_convergence(last, test).numpy()
 
 
 def note_converged(hist, stops, cfg, epoch):
@@ -843,8 +867,9 @@ def note_converged(hist, stops, cfg, epoch):
             stops["first_pass"][r] = epoch
         if good and stops["epoch"][r] < 0 and not cfg.converge_train_on:
             stops["epoch"][r] = epoch
+            side = f" (on one side of each of {cfg.converge_levels})" if cfg.converge_levels else ""
             stops["reason"][r] = (f"converged: over epochs {epoch - cfg.converge_window}-{epoch} accuracy moved "
-                                  f"{last['move_acc'][r]:.4f}, log loss {last['move_loss'][r]:.4f}, log norm "
+                                  f"{last['move_acc'][r]:.4f}{side}, log loss {last['move_loss'][r]:.4f}, log norm "
                                   f"{last['move_norm'][r]:.5f} (limits {cfg.converge_acc:g}, {cfg.converge_loss:g}, "
                                   f"{cfg.converge_norm:g})")
             stopped.append(r)

@@ -621,6 +621,44 @@ def test_convergence_needs_accuracy_loss_and_norm_to_settle():
     assert stops["first_pass"] == [-1, -1, 4000, 4000] and stops["epoch"] == [-1] * 4
 
 
+def test_converge_levels_judges_accuracy_by_its_side_of_each_level():
+    # --converge-levels: the accuracy passes when every record of the window lies on one side of
+    # each level, whatever it moves within that side; one record across a level fails it.
+    levels = (0.2, 0.5, 0.7, 0.9)
+    rng = np.random.default_rng(1)
+    T = len(EPOCHS)
+    wander = 0.6 + 0.03 * np.sin(EPOCHS / 300)  # moves 0.06, always inside (0.5, 0.7)
+    spike = np.full(T, 0.6)
+    spike[35] = 0.72  # one record above 0.7, inside the window
+    old_spike = np.full(T, 0.6)
+    old_spike[10] = 0.95  # before the window (2000, 4000]: not read
+    at_level = 0.9 + 0.002 * rng.standard_normal(T)  # settled on a level: its side is not decided
+    x = np.stack([wander, spike, old_spike, at_level])
+    got = grok.window_straddles(EPOCHS, x, 4000, 2000, levels)
+    inside = x[:, EPOCHS > 2000]  # brute force over the records and levels
+    want = [sum(min(row) < lv <= max(row) for lv in levels) for row in inside]
+    assert got.tolist() == want == [0, 1, 0, 1], (got, want)
+    assert np.isnan(grok.window_straddles(EPOCHS[25:], x[:, 25:], 4000, 2000, levels)).all()
+    cfg = grok.Config(converge_window=2000, converge_acc=0.005, converge_loss=0.05, converge_norm=0.005)
+    hist = {"epoch": EPOCHS.tolist(),
+            "test_acc": [torch.tensor(x[:, t]) for t in range(T)],
+            "test_loss": [torch.full((4,), 0.5, dtype=torch.float64) for _ in range(T)],
+            "param_norm": [torch.full((4,), 30.0, dtype=torch.float64) for _ in range(T)]}
+    by_side = dataclasses.replace(cfg, converge_levels="0.2,0.5,0.7,0.9")
+    assert grok.passes_convergence(grok.convergence_movements(by_side, hist, 4000), by_side).tolist() == \
+        [True, False, True, False]
+    # Without levels the same runs are judged by movement: the wandering one moves 0.06 > 0.005,
+    # and the one settled on 0.9 passes, its side undecided.
+    assert grok.passes_convergence(grok.convergence_movements(cfg, hist, 4000), cfg).tolist() == \
+        [False, True, True, True]
+    # converged_at_end reads the rule from config.json's settings, as report.py does.
+    moves = grok.convergence_movements(by_side, hist, 4000)
+    h = dict(stop_reason=np.array([""] * 4), **{k: v.numpy()[:, None] for k, v in moves.items()})
+    saved = dict(converge_acc=0.005, converge_loss=0.05, converge_norm=0.005, converge_train_on=True)
+    assert grok.converged_at_end(h, {**saved, "converge_levels": "0.2,0.5,0.7,0.9"}).tolist() == [True, False, True, False]
+    assert grok.converged_at_end(h, saved).tolist() == [False, True, True, True]
+
+
 CONVERGE = dict(converge_window=60, converge_acc=0.05, converge_loss=0.1, converge_norm=0.006, epochs=300,
                 log_every=5, ckpt_every=50, lr="3e-3", train="80")
 

@@ -303,12 +303,28 @@ def test_false_convergence_measures_runs_trained_on_after_passing():
     e = np.arange(0, 4001, 100)
     settled = np.full(len(e), 0.95)
     moving = np.where(e < 1500, 0.95, 0.4)  # passed at 1000, then fell through 0.9, 0.7 and 0.5 before 2000
-    run = dict(hist=dict(epoch=e, test_acc=np.stack([settled, moving, settled]), param_norm=np.full((3, len(e)), 20.0),
-                         converged_epoch=np.array([1000, 1000, 3000])),  # run 2: 2e = 6000 is past the end
-               cfg=dict(converge_train_on=True, converge_acc=0.005, converge_norm=0.005))
+    drifting = 0.6 + 1e-5 * e  # passed at 1000, then rose 0.01 by 2000: 0.01 per window of 1000, inside (0.5, 0.7)
+    norm = np.full((4, len(e)), 20.0)
+    norm[3] = 20.0 * np.exp(4e-6 * e)  # log norm +0.004 from e = 1000 to 2000: 0.004 per window of 1000
+    run = dict(hist=dict(epoch=e, test_acc=np.stack([settled, moving, settled, drifting]), param_norm=norm,
+                         converged_epoch=np.array([1000, 1000, 3000, 1000])),  # run 2: 2e = 6000 is past the end
+               cfg=dict(converge_train_on=True, converge_window=1000, converge_acc=0.005, converge_norm=0.005))
     f = report.false_convergence(run)
-    assert f["runs"].tolist() == [0, 1] and np.allclose(f["acc"], [0.0, 0.55]) and f["crossed"] == 1, f
-    assert "1 above the test's limit 0.005" in report.false_convergence_line(run)
+    assert f["runs"].tolist() == [0, 1, 3] and np.allclose(f["acc"], [0.0, 0.55, 0.01]) and f["crossed"] == 1, f
+    assert np.allclose(f["norm"], [0, 0, 0.004]) and np.allclose(f["acc_per_window"], [0.0, 0.55, 0.01]), f
+    assert not f["within"] and "**no**" in report.false_convergence_line(run)
+    run["hist"]["converged_epoch"] = np.array([1000, -1, 3000, -1])  # only the settled run: within
+    assert report.false_convergence(run)["within"]
+    run["hist"]["converged_epoch"] = np.array([1000, -1, 3000, 1000])  # the drift exceeds 0.005 per window
+    assert not report.false_convergence(run)["within"]
+    run["cfg"]["converge_levels"] = "0.2,0.5,0.7,0.9"  # judged by side: the drift stays inside (0.5, 0.7)
+    f = report.false_convergence(run)
+    assert f["within"] and f["by_levels"] and "**yes**" in report.false_convergence_line(run), f
+    run["hist"]["converged_epoch"] = np.array([1000, 1000, 3000, 1000])  # the fall crosses 0.9, 0.7 and 0.5
+    assert not report.false_convergence(run)["within"]
+    norm[3] = 20.0 * np.exp(1.5e-5 * e)  # log norm +0.015 over 1000 -> 2000: 0.015 per window, over 0.005
+    run["hist"]["converged_epoch"] = np.array([1000, -1, 3000, 1000])
+    assert not report.false_convergence(run)["within"]
     run["cfg"]["converge_train_on"] = False  # stopped runs stay put by construction: nothing to measure
     assert report.false_convergence(run) is None
 

@@ -4,6 +4,7 @@ Run: python -m pytest -q tests/test_reproduce.py      (-m "not slow" leaves out 
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import report  # noqa: E402
 
 
 # -----------------------------------------------------------------------------
@@ -129,3 +132,12 @@ def test_list_touches_nothing(tmp_path):
                        env=env, cwd=tmp_path)
     assert r.returncode == 0 and "fig4" in r.stdout and "report" in r.stdout, r.stdout + r.stderr
     assert not (tmp_path / "x").exists() and os.path.exists(os.path.join(ROOT, ".venv")) == venv_before
+
+
+def test_long_profile_ungrokking_levels_are_the_verdicts_levels():
+    # The long profile's ungrokking runs pass the accuracy condition by their side of each level
+    # (--converge-levels); those must be the levels report.py's brackets and false convergence read.
+    text = open(os.path.join(ROOT, "reproduce.sh")).read()
+    long_block = text[text.index('if [ "$PROFILE" = long ]'):]
+    spec = re.search(r"UNGROK_LEVELS=([0-9.,]+)", long_block).group(1)
+    assert tuple(float(x) for x in spec.split(",")) == report.VERDICT_LEVELS, spec
