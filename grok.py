@@ -15,7 +15,7 @@ Launch commands:
     python grok.py                                   # the standard run: a+b mod 113, 30% of pairs, wd=1; groks
     python grok.py --task sub --train 0.5 --epochs 30000 --out runs/sub
     python grok.py --seeds 0-9 --train 1500,1600,1700 --wd 0.5,1.0 --out runs/sweep   # 60 runs, one process
-    python grok.py --train 1.0 --stop-acc 1.0 --out runs/full                       # train on every pair
+    python grok.py --train 1.0 --stop-acc 1.0 --out runs/full                       # train on every pair, each run to 100%
     python grok.py --init-from runs/full --train 800 --out runs/ungrok             # ungrokking (Sec. 5.2)
     python grok.py --random-labels --train 2000 --out runs/mem                     # C_mem-only (Sec. 5.1)
     python grok.py --train 800,1600 --seeds 0-4 --epochs 100000 --converge-window 4000 --out runs/conv   # each run stops once converged
@@ -80,7 +80,7 @@ class Config:
     print_every: int = 1000  # progress line every k epochs
     ckpt_every: int = 1000  # checkpoint every k epochs: a kill loses at most this many
     snapshots: int = 0  # parameter snapshots at this many log-spaced epochs (0 = none); analysis.py reads them
-    stop_acc: float = 0.0  # stop once every run's test accuracy reaches this (0 = run all epochs)
+    stop_acc: float = 0.0  # a run whose test accuracy reaches this stops and leaves the batch (0 = none): time to grok
     converge_window: int = 0  # convergence test over the trailing window of this many epochs (0 = none); P2-P4 read accuracy "at convergence"
     converge_acc: float = 0.005  # passes when the accuracy the claims read (test; train for random labels) moved by at most this ...
     converge_loss: float = 0.05  # ... its loss (the circuit mix moves it while accuracy is flat) by at most this in log, ~5% ...
@@ -876,6 +876,16 @@ def note_converged(hist, stops, cfg, epoch):
     return stopped
 
 
+def note_reached(stops, test_acc, level, epoch):
+    """Stop each still-training run whose test accuracy reached level at this record. Returns the runs stopped now."""
+    # The time-to-grok sweep reads only the first epoch at which a run generalises, so a run stops there.
+    stopped = [r for r, a in enumerate(test_acc.tolist()) if a >= level and stops["epoch"][r] < 0]
+    for r in stopped:
+        stops["epoch"][r] = epoch
+        stops["reason"][r] = f"reached test accuracy {level:g} at epoch {epoch}"
+    return stopped
+
+
 def train(cfg):
     """Train the runs of cfg, or resume them from their checkpoint; returns the run directory."""
     check_config(cfg)
@@ -920,7 +930,7 @@ def report_stops(out, stops):
 
 
 def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
-    """The training loop over epochs: checkpoint, record, step; a run that stops (diverged or converged) leaves the batch."""
+    """The training loop over epochs: checkpoint, record, step; a run that stops (diverged, converged, --stop-acc) leaves the batch."""
     R, settings = len(runs["seed"]), run_settings(meta)
     # Data: each run's training subset (and labels) and test set, on the device.
     train_idx, test_idx, train_labels = run_splits(runs, labels, dims["n_out"], cfg.random_labels)
@@ -961,12 +971,11 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
                 hist[k].append(v)
             if cfg.converge_window > 0 and note_converged(hist, stops, cfg, epoch):
                 batch = None
-            stop = cfg.stop_acc > 0 and bool((test_acc >= cfg.stop_acc).all())
-            if epoch % cfg.print_every == 0 or epoch == cfg.epochs or stop:
+            if cfg.stop_acc > 0 and note_reached(stops, test_acc, cfg.stop_acc, epoch):
+                batch = None
+            active = [r for r in range(R) if stops["epoch"][r] < 0]
+            if epoch % cfg.print_every == 0 or epoch == cfg.epochs or not active:
                 print(progress_line(hist, epoch, cfg.epochs, (epoch - start) / max(wall() - wall0, 1e-9)), flush=True)
-            if stop:
-                print(f"every run reached test accuracy {cfg.stop_acc}; stopping at epoch {epoch}", flush=True)
-                break
         active = [r for r in range(R) if stops["epoch"][r] < 0]  # the runs still training
         if epoch == cfg.epochs or not active:
             break
@@ -978,7 +987,7 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
             idx = batch["order"]
             first_bad[idx] = torch.where(~torch.isfinite(loss) & (first_bad[idx] < 0), epoch, first_bad[idx])
     if not any(e < 0 for e in stops["epoch"]):
-        print(f"every run has stopped (converged or diverged); stopping at epoch {epoch}", flush=True)
+        print(f"every run has stopped (converged, reached --stop-acc or diverged); stopping at epoch {epoch}", flush=True)
 
     freeze_diverged(out, params, state, hist, stops, first_bad, init)
     save_checkpoint(out, params, state, hist, stops, epoch, wall(), settings)

@@ -48,6 +48,7 @@ def layout():
         scratch="runs/scratch",                # from-scratch sweep over D: grokking, semi-grokking, C_gen-only
         mem="runs/mem",                        # random labels: the C_mem-only networks of Fig. 3
         gen="runs/gen",                        # from scratch well above the transition: C_gen-only networks (P1)
+        wd="runs/wd",                          # from scratch over weight decays (0 included): time to grok
         full8="runs/full_div",                 # Fig. 8: a second task's networks trained on every pair
         ungrok8="runs/ungrok_div",             # ... and its ungrokking sweep
         sources="sources",                     # analysis.py --efficiency of `full`: trig share of each source
@@ -245,6 +246,11 @@ def bracket_text(lo, hi):
     if lo > 0:
         return f"above {lo:.0f}"
     return "not seen"
+
+
+def width_text(w):
+    """A bracket's width as "2.31x", or "-" where one side is unseen."""
+    return f"{w:.2f}x" if np.isfinite(w) else "-"
 
 
 def mean_by(D, acc):
@@ -712,6 +718,64 @@ def check_fig10(eff, min_rho=0.8, min_seeds=3, min_runs=3):
     return v
 
 
+def time_to_grok(epoch, test_acc, level=0.99):
+    """Per run, the first recorded epoch with test accuracy >= level, and whether it never came (a bound): (t [R], censored [R])."""
+    t = np.array([first_epoch(epoch, a, level) for a in test_acc])
+    return np.where(np.isfinite(t), t, float(epoch[-1])), ~np.isfinite(t)
+
+
+def grok_time_text(t, censored):
+    """Times to grok of one weight decay's runs: "1400-2100 (3 of 3)", with the unreached as "> 4000"."""
+    seen = t[~censored]
+    parts = [f"{seen.min():.0f}-{seen.max():.0f}" if len(seen) > 1 else f"{seen[0]:.0f}"] if len(seen) else []
+    if censored.any():
+        parts.append(f"{int(censored.sum())} not within {t[censored].max():.0f} epochs")
+    return ", ".join(parts) + f" ({len(seen)} of {len(t)} grokked)"
+
+
+def check_wd(wd, seed, t, censored, level=0.99, max_rho=-0.8, min_seeds=3, min_wds=3):
+    """Weight decay: the epochs to reach `level` test accuracy fall as weight decay rises (wd 0 shown, not judged)."""
+    # The mechanistic paper's summary: weight decay forces the simpler solution, "with higher decay
+    # rates leading to faster grokking"; Varma et al. (Sec. 7): their theory would "neatly explain
+    # why grokking takes longer as weight decay decreases". The time to grok is the first epoch
+    # with test accuracy >= level; a run that never got there within its budget is a bound,
+    # "> budget", never dropped. The weight decays judged are those > 0 at which at least min_seeds
+    # seeds grokked. Per network seed, Spearman's rank correlation of its times with weight decay
+    # over the judged weight decays, a bound ranked above every time seen (it exceeds the budget,
+    # which every time seen is within); a seed counts with at least min_wds of them. Held: the
+    # median over seeds <= max_rho; not held: above it. Weight decay 0 is reported, not judged:
+    # Sec. 7 says grokking without it "is slower and often much harder to elicit", not that it
+    # never comes.
+    wd, seed, t, censored = (np.asarray(x) for x in (wd, seed, t, censored))
+    rank_t = np.where(censored, np.inf, t)
+    judged = [w for w in np.unique(wd[wd > 0]) if n_seeds(seed[(wd == w) & ~censored]) >= min_seeds]
+    rhos, used = [], []
+    for s in np.unique(seed):
+        k = (seed == s) & np.isin(wd, judged)
+        if len(np.unique(wd[k])) >= min_wds:
+            rhos.append(spearman(wd[k], rank_t[k]))
+            used.append(s)
+    ok = np.isfinite(rhos)
+    rhos, used = np.array(rhos)[ok], np.array(used)[ok]
+    med = float(np.median(rhos)) if len(rhos) else float("nan")
+    per_wd = "; ".join(f"wd {w:g}: {grok_time_text(t[wd == w], censored[wd == w])}" + ("" if w in judged else
+                       (" (shown, not judged)" if w == 0 else " (too few grokked: not judged)")) for w in np.unique(wd))
+    value = (f"median rank correlation of epochs to grok with weight decay {med:.2f} over {len(rhos)} seeds"
+             if len(rhos) else f"fewer than {min_wds} weight decays at which {min_seeds} seeds grokked") + \
+        f"; epochs to test acc >= {level:g}: {per_wd}"
+    v = verdict(claim="time to grok falls as weight decay rises (Sec. 7)",
+                passage="\"higher decay rates leading to faster grokking\" (Nanda et al., summary); \"grokking takes "
+                        "longer as weight decay decreases\" (Sec. 7)",
+                rule=f"per seed, Spearman's rank correlation of its epochs to test acc >= {level:g} with weight decay over the "
+                     f"weight decays > 0 at which >= {min_seeds} seeds grokked (>= {min_wds} of them; a run that never "
+                     f"grokked ranks above every time seen); held if the median over seeds <= {max_rho:g}, not held if above",
+                min_seeds=min_seeds, seeds=n_seeds(used),
+                convergence=f"none needed (an event); >= {min_wds} weight decays with {min_seeds} seeds grokked",
+                n_converged=int((~censored).sum()), n_runs=len(t), value=value, spread=spread_text(rhos),
+                result=outcome(n_seeds(used) >= min_seeds, len(rhos) > 0, med <= max_rho, med > max_rho))
+    return dict(v, judged=judged, rhos=rhos)
+
+
 # -----------------------------------------------------------------------------
 # Figures: one function per figure of the paper, drawn from saved arrays
 
@@ -739,6 +803,58 @@ def plot_fig1(data, path):
         a.grid(alpha=0.3)
         analysis.legend(a, fontsize=8)
     fig.suptitle(title_of(data, 120), fontsize=10)
+    fig.tight_layout()
+    analysis.save_figure(fig, path)
+
+
+def plot_grokking_averaged(data, path):
+    """The grokking pattern averaged over seeds ("Four explanations for Grokking"): mean train and test curves, each seed faded."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
+    e = np.maximum(data["epoch"], 1)  # epoch 0 on a log axis: drawn at 1
+    for key, color, a in (("train_acc", "C0", ax), ("test_acc", "C3", ax), ("train_loss", "C0", bx),
+                          ("test_loss", "C3", bx)):
+        for row in data[key]:  # [S, T]: one faded curve per seed
+            a.plot(e, row, color=color, alpha=0.2, lw=0.8)
+        mean = (np.exp(np.log(np.maximum(data[key], 1e-300)).mean(axis=0)) if "loss" in key  # loss: geometric mean
+                else data[key].mean(axis=0))
+        a.plot(e, mean, color=color, lw=2, label=f"{key.split('_')[0]} (mean of {len(data[key])} seeds)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    bx.set_yscale("log")
+    bx.set_ylabel("loss")
+    for a in (ax, bx):
+        a.set_xscale("log")
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+        analysis.legend(a, fontsize=8)
+    fig.suptitle(title_of(data, 120), fontsize=10)
+    fig.tight_layout()
+    analysis.save_figure(fig, path)
+
+
+def plot_wd_time_to_grok(data, path):
+    """Epochs to grok against weight decay, one point per seed; a run that never grokked is an arrow up from its budget."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    wds = np.unique(data["wd"])
+    pos = {w: i for i, w in enumerate(wds)}  # evenly spaced: the grid is geometric, and weight decay 0 has a place
+    for w in wds:
+        sel = data["wd"] == w
+        x = pos[w] + np.linspace(-0.12, 0.12, sel.sum()) if sel.sum() > 1 else np.array([pos[w]], float)
+        t, cens = data["t"][sel], data["censored"][sel]
+        ax.scatter(x[~cens], t[~cens], color="C0", s=22, zorder=3)
+        for xi, ti in zip(x[cens], t[cens]):
+            ax.annotate("", xy=(xi, ti * 1.6), xytext=(xi, ti), arrowprops=dict(arrowstyle="->", color="C3"))
+        ax.scatter(x[cens], t[cens], color="C3", marker="_", s=60, zorder=3)
+    ax.scatter([], [], color="C0", s=22, label="epoch test accuracy first >= 0.99 (a seed)")
+    ax.scatter([], [], color="C3", marker="_", s=60, label="not within the budget: more than this")
+    ax.set_xticks(range(len(wds)), [f"{w:g}" for w in wds])
+    ax.set_xlabel("weight decay")
+    ax.set_yscale("log")
+    ax.set_ylim(max(float(np.min(data["t"])) / 2, 1), float(np.max(data["t"])) * 2.5)  # room for the arrows
+    ax.set_ylabel("epochs to grok")
+    ax.grid(alpha=0.3)
+    analysis.legend(ax, fontsize=8)
+    ax.set_title(title_of(data, 70), fontsize=9)
     fig.tight_layout()
     analysis.save_figure(fig, path)
 
@@ -902,7 +1018,57 @@ def section_grokking(folder):
                        np.array(run["runs"]["seed"]))
     L += [f"Judged on the from-scratch sweep ({budget(run)}, D = "
           f"{', '.join(str(d) for d in sorted(set(run['runs']['n_train'])))}):", ""]
-    return L + verdict_lines(v), [("grokking: delay of test behind train accuracy", v)]
+    table = run_table(run)
+    D = grokking_D(table)
+    rows = np.flatnonzero(table["D"] == D)
+    draw(averaged_curves(run, rows, f"Grokking averaged over {len(rows)} seeds: from scratch, {budget(run)}, D={D} "
+                                    f"({100 * D / run['n_pairs']:.0f}% of pairs), wd={table['wd'][rows[0]]:g}"),
+         plot_grokking_averaged, folder, "grokking_averaged_scratch")
+    return L + verdict_lines(v) + [f"Figure: `grokking_averaged_scratch.png` (D={D}: the smallest D at which every "
+                                   "seed ended at test accuracy >= 0.99, else the best on average).", ""], \
+        [("grokking: delay of test behind train accuracy", v)]
+
+
+def averaged_curves(run, rows, title):
+    """The figure data of plot_grokking_averaged: the recorded epochs and each metric [S, T] over the given runs."""
+    h = run["hist"]
+    return dict(epoch=h["epoch"], title=title, **{k: h[k][rows] for k in ("train_acc", "test_acc", "train_loss",
+                                                                          "test_loss")})
+
+
+def grokking_D(table, level=0.99):
+    """The smallest D of a from-scratch sweep at which every seed's final test accuracy >= level (else the best D's mean)."""
+    Ds = np.unique(table["D"])
+    every = [D for D in Ds if (table["test_acc"][table["D"] == D] >= level).all()]
+    return int(every[0]) if every else int(Ds[np.argmax([table["test_acc"][table["D"] == D].mean() for D in Ds])])
+
+
+def section_wd(folder):
+    """Time to grok against weight decay (0 included): the check, its figure, and the averaged curves at wd 1."""
+    L = ["## Weight decay and the time to grok (Sec. 7)", ""]
+    got = run_data(folder, "wd")
+    if got is None:
+        return L + ["Not run (stage wd).", ""], []
+    run, tab = got
+    h = run["hist"]
+    ok = np.array([not str(w).startswith("diverged") for w in h["stop_reason"]])  # a diverged run shows no time
+    t, cens = time_to_grok(h["epoch"], h["test_acc"][ok])
+    v = check_wd(tab["wd"][ok], tab["seed"][ok], t, cens)
+    D = int(tab["D"][0])
+    where = f"{budget(run)}, D={D} ({100 * D / run['n_pairs']:.0f}% of pairs), {n_seeds(tab['seed'])} seeds"
+    draw(dict(wd=tab["wd"][ok], seed=tab["seed"][ok], t=t, censored=cens,
+              title=f"Epochs to grok against weight decay: {where}; each run stops at test accuracy 0.99"),
+         plot_wd_time_to_grok, folder, "wd_time_to_grok")
+    L += [f"From scratch, {where}; each run stops once its test accuracy reaches 0.99 (the event the check reads)."
+          + (f" {int((~ok).sum())} diverged run(s) left out." if not ok.all() else ""), ""] + verdict_lines(v)
+    figs = "`wd_time_to_grok.png`"
+    at1 = np.flatnonzero(tab["wd"] == 1.0)
+    if len(at1) > 1:  # the standard run over several seeds: the grokking pattern averaged
+        draw(averaged_curves(run, at1, f"Grokking averaged over {len(at1)} seeds: {where.rsplit(',', 1)[0]}, wd=1; "
+                                       "each run stops at test accuracy 0.99"),
+             plot_grokking_averaged, folder, "grokking_averaged_wd1")
+        figs += ", `grokking_averaged_wd1.png`"
+    return L + [f"Figures: {figs}.", ""], [("weight decay: epochs to grok against wd", v)]
 
 
 def run_data(folder, name):
@@ -962,7 +1128,7 @@ def section_ungrok(folder):
           "| --- | --- | --- | --- | --- | --- |"]
     for r in p2["rows"]:
         L.append(f"| {r['seed']} | {r['wd']:g} | {r['n_conv']} of {r['n']} | {bracket_text(r['lo'], r['hi'])} | "
-                 f"{r['width']:.2f}x | {r['status']} |")
+                 f"{width_text(r['width'])} | {r['status']} |")
     L += ["", movement_line(run), "", false_convergence_line(run), ""]
     L += ["### P2", ""] + verdict_lines(p2) + ["### P3", ""] + verdict_lines(p3)
     L += ["Figures: `fig4_ungrokking.png`, `fig7_ungrokking_runs.png`, `fig1b_ungrokking.png`.", ""]
@@ -1000,8 +1166,13 @@ def section_efficiency(folder):
     L += ["## The logit ratio against D' (App. A.4, Fig. 10)", ""]
     eff10 = os.path.join(path_of(folder, "efficiency_ungrok"), "efficiency.npz")
     if os.path.exists(eff10):
-        v = check_fig10(analysis.load_npz(eff10))
-        L += verdict_lines(v) + ["Figure: `fig10_logit_ratio.png`.", ""]
+        # The same runs as P2 and P3: those whose source network passed its trig-share check.
+        eff, (trig, good) = analysis.load_npz(eff10), verified_sources(folder)
+        keep = np.isin(eff["seed"], sorted(good)) if trig is not None else np.ones(len(eff["seed"]), bool)
+        v = check_fig10({k: (x[keep] if np.ndim(x) and len(x) == len(keep) else x) for k, x in eff.items()})
+        left = "" if keep.all() else (f" Runs from source networks that failed the trig-share check are left out, as "
+                                      f"in P2 and P3 ({int((~keep).sum())} of {len(keep)}).")
+        L += verdict_lines(v) + ["Figure: `fig10_logit_ratio.png`." + left, ""]
         out.append(("Fig. 10: rank correlation of o_t/o_m with D'", v))
     else:
         L += ["Not run (stage fig4).", ""]
@@ -1044,7 +1215,12 @@ def section_semi(folder):
                  f"{q['sat']:.0f} | {q['outcome']} |")
     L += ["", movement_line(run), "", false_convergence_line(run), ""] + verdict_lines(p4) + [
         "Figures: `fig5_semi_grokking.png`, `fig6_semi_grokking_run.png`, `fig1c_semi_grokking.png`.", "",
-        f"The paper semi-groks at p=113 over up to 3e7 epochs (Fig. 6); this sweep is {budget(run)}.", ""]
+        f"The paper semi-groks at p=113 over up to 3e7 epochs (Fig. 6); this sweep is {budget(run)}. What a "
+        f"verdict would need: {p4['need']} converged runs for a 'none' (here {int(t['converged'].sum())}), each trained "
+        f"until it converges" + (f", which none of these did within {int(h['epoch'][-1])} epochs: more than that each"
+                                 if not t["converged"].any() else
+                                 f"; these converged at epochs {spread_text(first[t['converged'] & (first >= 0)], '{:.0f}')}")
+        + ".", ""]
     return L, [("P4: semi-grokking runs", p4)]
 
 
@@ -1137,7 +1313,8 @@ def report_lines(folder, profile):
         last = dict(line.split() for line in open(times) if line.strip())  # a stage run again: its latest time
         L += ["Stage times on this machine: " + ", ".join(f"{a} {int(b)} s" for a, b in last.items()), ""]
     rows = []
-    for section in (section_toy, section_grokking, section_ungrok, section_efficiency, section_semi, section_fig8):
+    for section in (section_toy, section_grokking, section_ungrok, section_efficiency, section_semi, section_fig8,
+                    section_wd):
         lines, found = section(folder)
         L += lines
         rows += found

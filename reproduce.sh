@@ -2,7 +2,7 @@
 # reproduce.sh: the paper's figures and a results report, from a fresh clone.
 #
 #   ./reproduce.sh                  quick profile: about 35 min on a 2-core CPU, no GPU (stage times in README.md)
-#   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, 103 min)
+#   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, 108 min)
 #   ./reproduce.sh paper            paper profile: one GPU, the paper's sizes as far as one GPU allows
 #   ./reproduce.sh quick fig4       one stage of a profile (stages are named after the figures)
 #   ./reproduce.sh quick list       the stages, with what each one runs
@@ -27,7 +27,7 @@ case "$PROFILE" in
   quick|long|paper|tiny) ;;
   *) echo "error: unknown profile '$PROFILE'; allowed: quick, long, paper (tiny: the tests' toy scale)" >&2; exit 2 ;;
 esac
-ALL_STAGES="fig2 fig1a fig4 fig5 fig3 fig8 report"
+ALL_STAGES="fig2 fig1a fig4 fig5 fig3 fig8 wd report"
 case " $ALL_STAGES all list " in
   *" $ONLY "*) ;;
   *) echo "error: unknown stage '$ONLY'; allowed: $ALL_STAGES, all, list" >&2; exit 2 ;;
@@ -83,8 +83,9 @@ if [ "$PROFILE" = tiny ]; then  # pipeline logic at toy scale, for tests/test_re
   MEM_SIZES=30,60 MEM_WDS=1,2 MEM_SEEDS=0-1 MEM_EPOCHS=40
   FIG8_TASK=div FIG8_EPOCHS=30 FIG8_SIZES=20,40 FIG8_WDS=1,2 FIG8_UNGROK_EPOCHS=30
   GEN_SIZES=90,110 GEN_WDS=1,2 GEN_SEEDS=0-1 GEN_EPOCHS=40
+  WD_TRAIN=60 WD_WDS=0,1,2 WD_SEEDS=0-1 WD_EPOCHS=40 WD_LOG_EVERY=5 WD_MODEL="$SMALL"
   LOG_EVERY=10 CONVERGE_WINDOW=40
-  EXPECT_fig2=10 EXPECT_fig1a=5 EXPECT_fig4=5 EXPECT_fig5=5 EXPECT_fig3=5 EXPECT_fig8=5 EXPECT_report=5
+  EXPECT_fig2=10 EXPECT_fig1a=5 EXPECT_fig4=5 EXPECT_fig5=5 EXPECT_fig3=5 EXPECT_fig8=5 EXPECT_wd=5 EXPECT_report=5
 elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
   SMALL="--p 41"            # the experiments' modulus: p=113 sweeps to convergence need a GPU
   GROK_EPOCHS=9000          # the standard run reaches 99% test accuracy near epoch 7800
@@ -101,8 +102,13 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
   MEM_SEEDS=0-2
   MEM_EPOCHS=3000
   FIG8_TASK=div FIG8_EPOCHS=2000 FIG8_SIZES=100,170,280,460,760 FIG8_WDS=1,3 FIG8_UNGROK_EPOCHS=3000
+  # Time to grok against weight decay: the standard task from scratch at p=41, D=1000 (59% of the
+  # pairs, where every from-scratch seed groks within the budget; at p=41 the paper's 30% lies below
+  # the transition), weight decay 0 and a factor-2 geometric range around the paper's 1.0. Each run
+  # stops at 0.99 test accuracy (--stop-acc), the event the check reads; records every 25 epochs.
+  WD_TRAIN=1000 WD_WDS=0,0.5,1,2,4 WD_SEEDS=0-2 WD_EPOCHS=3000 WD_LOG_EVERY=25 WD_MODEL="--p 41"
   LOG_EVERY=100 CONVERGE_WINDOW=2000   # 20 records, 5 a quarter; 2 weight-decay time constants 1/(lr wd) at wd 1
-  EXPECT_fig2=18 EXPECT_fig1a=409 EXPECT_fig4=440 EXPECT_fig5=544 EXPECT_fig3=213 EXPECT_fig8=149 EXPECT_report=8
+  EXPECT_fig2=18 EXPECT_fig1a=409 EXPECT_fig4=440 EXPECT_fig5=544 EXPECT_fig3=213 EXPECT_fig8=149 EXPECT_wd=0 EXPECT_report=8
   if [ "$PROFILE" = long ]; then  # grids and budgets from the probes in README.md
     # Ungrokking at p=41 moves in units of lr*wd*epochs, and near the transition it was still
     # moving after 14000 epochs at wd 3. At wd 20 the networks no longer fit their training set
@@ -134,8 +140,11 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
     # A 3000-epoch window is 15 weight-decay time constants at wd 5 (30 at wd 10): the drift that a
     # probe's run showed after passing a 2000-epoch window at wd 3 (0.023 over 4600 epochs, 14 time
     # constants) fails it. Random-label and C_gen networks at wd 3-5 see 9-15 time constants.
+    # Time to grok: 5 seeds and twice the budget, still p=41 (25 batched runs at p=113 would take
+    # most of an hour here, half the profile's budget).
+    WD_SEEDS=0-4 WD_EPOCHS=6000
     LOG_EVERY=150 CONVERGE_WINDOW=3000   # 20 records, 5 a quarter
-    EXPECT_fig2=12 EXPECT_fig1a=433 EXPECT_fig4=3031 EXPECT_fig5=743 EXPECT_fig3=1684 EXPECT_fig8=180 EXPECT_report=9
+    EXPECT_fig2=12 EXPECT_fig1a=395 EXPECT_fig4=2831 EXPECT_fig5=742 EXPECT_fig3=2254 EXPECT_fig8=201 EXPECT_wd=0 EXPECT_report=8
   fi
 else  # paper: one GPU, the paper's p=113 and grids
   SMALL=""
@@ -151,8 +160,9 @@ else  # paper: one GPU, the paper's p=113 and grids
   FIG8_TASK=div FIG8_EPOCHS=10000 FIG8_SIZES=400,600,900,1350,2000,3000,4500,6750 FIG8_WDS=0.3,1,3
   FIG8_UNGROK_EPOCHS=100000
   GEN_SIZES=4000,6000,9000 GEN_WDS=0.5,1,2 GEN_SEEDS=0-4 GEN_EPOCHS=50000
+  WD_TRAIN=0.3 WD_WDS=0,0.1,0.3,1,3 WD_SEEDS=0-4 WD_EPOCHS=100000 WD_LOG_EVERY=100 WD_MODEL=""   # the standard run's p=113
   LOG_EVERY=1000 CONVERGE_WINDOW=10000
-  EXPECT_fig2=10 EXPECT_fig1a=0 EXPECT_fig4=0 EXPECT_fig5=0 EXPECT_fig3=0 EXPECT_fig8=0 EXPECT_report=60
+  EXPECT_fig2=10 EXPECT_fig1a=0 EXPECT_fig4=0 EXPECT_fig5=0 EXPECT_fig3=0 EXPECT_fig8=0 EXPECT_wd=0 EXPECT_report=60
 fi
 TRAIN="--threads $THREADS --log-points 30 --log-every $LOG_EVERY --print-every $((LOG_EVERY * 5))"
 
@@ -253,6 +263,12 @@ run_fig8() {  # Fig. 8: ungrokking on another task, from a network trained on ev
     --epochs "$FIG8_UNGROK_EPOCHS" $(converge) $TRAIN --out "$(where ungrok8)"
 }
 
+run_wd() {  # time to grok against weight decay (none included): the wd figure and check, the averaged curves
+  # Sec. 7 of the paper: without weight decay grokking "is slower and often much harder to elicit".
+  $PY grok.py $WD_MODEL --train "$WD_TRAIN" --wd "$WD_WDS" --seeds "$WD_SEEDS" --epochs "$WD_EPOCHS" --stop-acc 0.99 \
+    $TRAIN --log-every "$WD_LOG_EVERY" --print-every $((WD_LOG_EVERY * 40)) --out "$(where wd)"
+}
+
 run_report() {  # the experiment figures and results.md: every claim's check, from the saved runs
   $PY report.py "$OUT" --profile "$PROFILE"
 }
@@ -268,6 +284,7 @@ stage fig4   "ungrokking from networks trained on every pair: Fig. 4, 7, 10, 1b"
 stage fig5   "from-scratch sweep over D: Fig. 5, 6, 1c (P4), grokking, C_gen" run_fig5
 stage fig3   "C_mem-only (and C_gen-only) networks, the efficiency fit: Fig. 3 (P1)" run_fig3
 stage fig8   "ungrokking on another task: Fig. 8"                          run_fig8
+stage wd     "time to grok against weight decay, none included; averaged curves" run_wd
 stage report "figures and results.md from the saved runs (always run again)" run_report always
 [ "$ONLY" = list ] && exit 0
 echo "done: figures and results.md in $OUT"

@@ -663,6 +663,24 @@ CONVERGE = dict(converge_window=60, converge_acc=0.05, converge_loss=0.1, conver
                 log_every=5, ckpt_every=50, lr="3e-3", train="80")
 
 
+def test_stop_acc_stops_each_run_at_its_first_record_at_the_level(tmp_path):
+    # --stop-acc: a run stops at the first record where its test accuracy reaches the level (the
+    # time-to-grok sweep reads that epoch), stays put, and the others train on. At this setting the
+    # wd=1 run reaches 0.99 near epoch 1255 and the wd=3 run does not within 1300 epochs.
+    kw = dict(wd="1,3", train="90", epochs=1300, log_every=5, ckpt_every=100, lr="3e-3")
+    grok.train(small_cfg(tmp_path / "batch", stop_acc=0.99, **kw))
+    h = np.load(tmp_path / "batch" / "history.npz")
+    first = [int(h["epoch"][np.flatnonzero(a >= 0.99)[0]]) if (a >= 0.99).any() else -1 for a in h["test_acc"]]
+    assert h["stop_epoch"].tolist() == first and first[0] > 0 and first[1] == -1, (h["stop_epoch"], first)
+    assert h["stop_reason"][0] == f"reached test accuracy 0.99 at epoch {first[0]}" and h["epoch"][-1] == 1300
+    frozen = h["param_norm"][0, list(h["epoch"]).index(first[0]):]
+    assert np.ptp(frozen) == 0, "a stopped run must not move"
+    # Exact: until it stopped, the run did the same arithmetic as the batch trained to that epoch.
+    grok.train(small_cfg(tmp_path / "upto", **{**kw, "epochs": first[0]}))
+    batch, upto = torch.load(tmp_path / "batch" / "params.pt"), torch.load(tmp_path / "upto" / "params.pt")
+    assert all(torch.equal(batch[k][0], upto[k][0]) for k in batch), "the stopped run moved after it stopped"
+
+
 def test_converged_runs_leave_the_batch_and_the_rest_train_as_alone(tmp_path):
     # At this setting the wd=3 run passes the test first (near epoch 195) and the wd=1 run trains
     # on in the batch without it until it passes too (near 230). (Tolerances this loose do not

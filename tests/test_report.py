@@ -257,6 +257,57 @@ def test_fig10_held_not_held_inconclusive():
     assert v["outcome"] == "held" and "median rank correlation of -o_m/o_t with D' 1.00" in v["value"], v
 
 
+def wd_sweep(times, seeds=(0, 1, 2), wds=(0.0, 0.5, 1.0, 2.0, 4.0), budget=4000.0):
+    """A time-to-grok sweep: times(wd, seed) -> epochs, or None for a run that never grokked within budget."""
+    wd, seed, t, cens = [], [], [], []
+    for s in seeds:
+        for w in wds:
+            x = times(w, s)
+            wd.append(w), seed.append(s), t.append(budget if x is None else x), cens.append(x is None)
+    return np.array(wd), np.array(seed), np.array(t, float), np.array(cens)
+
+
+def test_time_to_grok_reads_the_first_epoch_or_gives_the_budget_as_a_bound():
+    e = np.arange(0, 1001, 100)
+    acc = np.stack([np.where(e >= 300, 0.995, 0.1), np.full(len(e), 0.5)])
+    t, cens = report.time_to_grok(e, acc)
+    assert t.tolist() == [300.0, 1000.0] and cens.tolist() == [False, True], (t, cens)
+
+
+def test_wd_check_holds_fails_censored_and_short_of_seeds():
+    falls = lambda w, s: None if w == 0 else 2000 / w * (1 + 0.05 * s)
+    v = report.check_wd(*wd_sweep(falls))
+    assert v["outcome"] == "held" and v["judged"] == [0.5, 1.0, 2.0, 4.0] and np.allclose(v["rhos"], -1), v
+    assert "wd 0: 3 not within 4000 epochs (0 of 3 grokked) (shown, not judged)" in v["value"], v["value"]
+    rises = lambda w, s: None if w == 0 else 500 * w * (1 + 0.05 * s)
+    assert report.check_wd(*wd_sweep(rises))["outcome"] == "not held"
+    # Censored: of 4 seeds, seed 0 never groks at wd 1 within the budget (3 seeds still grok there,
+    # so wd 1 is judged). Its bound ranks above every time it showed, so its times (wd 0.5, 1, 2, 4)
+    # rank 2, 3, 1, 0: rho = 1 - 6 * 18 / 60 = -0.8 (closed form, no ties); the others stay at -1.
+    one = lambda w, s: None if w == 0 or (w == 1 and s == 0) else 3000 / w ** 1.5
+    v = report.check_wd(*wd_sweep(one, seeds=(0, 1, 2, 3)))
+    assert np.allclose(sorted(v["rhos"]), [-1, -1, -1, -0.8]) and v["outcome"] == "held", v
+    # A weight decay at which fewer than 3 seeds grokked is not judged; two left is too few weight decays.
+    most = lambda w, s: None if w in (0, 0.5, 1) or (w == 2 and s == 2) else 2000 / w
+    v = report.check_wd(*wd_sweep(most))
+    assert v["outcome"] == "inconclusive" and v["judged"] == [4.0] and "too few grokked" in v["value"], v
+    # Two seeds: not enough independent networks, whatever the data say (no weight decay has 3 seeds).
+    v = report.check_wd(*wd_sweep(falls, seeds=(0, 1)))
+    assert v["outcome"] == "inconclusive" and v["seeds"] == 0 and "fewer than 3 weight decays" in v["value"], v
+
+
+def test_wd_figure_and_averaged_curves_from_saved_files(tmp_path):
+    wd, seed, t, cens = wd_sweep(lambda w, s: None if w == 0 else 2000 / w)
+    report.draw(dict(wd=wd, seed=seed, t=t, censored=cens, title="t"), report.plot_wd_time_to_grok, str(tmp_path), "w")
+    saved = np.load(tmp_path / "w.npz")
+    assert np.array_equal(saved["t"], t) and np.array_equal(saved["censored"], cens) and (tmp_path / "w.png").exists()
+    e = np.arange(0, 101, 10)
+    acc = np.stack([np.linspace(0, 1, len(e)), np.linspace(0, 0.5, len(e))])
+    data = dict(epoch=e, train_acc=acc, test_acc=acc, train_loss=1 - acc + 1e-3, test_loss=1 - acc + 1e-3, title="a")
+    report.draw(data, report.plot_grokking_averaged, str(tmp_path), "a")
+    assert (tmp_path / "a.png").exists() and np.load(tmp_path / "a.npz")["test_acc"].shape == (2, len(e))
+
+
 def test_toy_held_and_not_held(tmp_path):
     # The toy model is a deterministic simulation: its check can hold or fail, never lack seeds.
     csv = tmp_path / "fig2.csv"
