@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # reproduce.sh: the paper's figures and a results report, from a fresh clone.
 #
-#   ./reproduce.sh                  quick profile: about 35 min on a 2-core CPU, no GPU (stage times in README.md)
+#   ./reproduce.sh                  quick profile: about 39 min on a 2-core CPU, no GPU (stage times in README.md)
 #   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, 108 min)
 #   ./reproduce.sh paper            paper profile: one GPU, the paper's sizes as far as one GPU allows
 #   ./reproduce.sh quick fig4       one stage of a profile (stages are named after the figures)
@@ -108,7 +108,7 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
   # stops at 0.99 test accuracy (--stop-acc), the event the check reads; records every 25 epochs.
   WD_TRAIN=1000 WD_WDS=0,0.5,1,2,4 WD_SEEDS=0-2 WD_EPOCHS=3000 WD_LOG_EVERY=25 WD_MODEL="--p 41"
   LOG_EVERY=100 CONVERGE_WINDOW=2000   # 20 records, 5 a quarter; 2 weight-decay time constants 1/(lr wd) at wd 1
-  EXPECT_fig2=18 EXPECT_fig1a=409 EXPECT_fig4=440 EXPECT_fig5=544 EXPECT_fig3=213 EXPECT_fig8=149 EXPECT_wd=0 EXPECT_report=8
+  EXPECT_fig2=13 EXPECT_fig1a=433 EXPECT_fig4=492 EXPECT_fig5=679 EXPECT_fig3=253 EXPECT_fig8=158 EXPECT_wd=228 EXPECT_report=10
   if [ "$PROFILE" = long ]; then  # grids and budgets from the probes in README.md
     # Ungrokking at p=41 moves in units of lr*wd*epochs, and near the transition it was still
     # moving after 14000 epochs at wd 3. At wd 20 the networks no longer fit their training set
