@@ -785,16 +785,10 @@ def title_of(data, width):
     return textwrap.fill(str(data["title"]), width)
 
 
-def plot_fig1(data, path):
-    """One panel of Fig. 1 of the paper: train and test accuracy (and loss) over epochs, log axis."""
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
-    e = np.maximum(data["epoch"], 1)  # epoch 0 on a log axis: drawn at 1
-    ax.plot(e, data["train_acc"], label="train", color="C0")
-    ax.plot(e, data["test_acc"], label="test", color="C3")
+def finish_curves(fig, ax, bx, data, path):
+    """Label and save a pair of panels over epochs (log axis): accuracy in ax, loss (log) in bx."""
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
-    bx.plot(e, data["train_loss"], label="train", color="C0")
-    bx.plot(e, data["test_loss"], label="test", color="C3")
     bx.set_yscale("log")
     bx.set_ylabel("loss")
     for a in (ax, bx):
@@ -805,6 +799,17 @@ def plot_fig1(data, path):
     fig.suptitle(title_of(data, 120), fontsize=10)
     fig.tight_layout()
     analysis.save_figure(fig, path)
+
+
+def plot_fig1(data, path):
+    """One panel of Fig. 1 of the paper: train and test accuracy (and loss) over epochs, log axis."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8))
+    e = np.maximum(data["epoch"], 1)  # epoch 0 on a log axis: drawn at 1
+    ax.plot(e, data["train_acc"], label="train", color="C0")
+    ax.plot(e, data["test_acc"], label="test", color="C3")
+    bx.plot(e, data["train_loss"], label="train", color="C0")
+    bx.plot(e, data["test_loss"], label="test", color="C3")
+    finish_curves(fig, ax, bx, data, path)
 
 
 def plot_grokking_averaged(data, path):
@@ -818,18 +823,7 @@ def plot_grokking_averaged(data, path):
         mean = (np.exp(np.log(np.maximum(data[key], 1e-300)).mean(axis=0)) if "loss" in key  # loss: geometric mean
                 else data[key].mean(axis=0))
         a.plot(e, mean, color=color, lw=2, label=f"{key.split('_')[0]} (mean of {len(data[key])} seeds)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    bx.set_yscale("log")
-    bx.set_ylabel("loss")
-    for a in (ax, bx):
-        a.set_xscale("log")
-        a.set_xlabel("epoch")
-        a.grid(alpha=0.3)
-        analysis.legend(a, fontsize=8)
-    fig.suptitle(title_of(data, 120), fontsize=10)
-    fig.tight_layout()
-    analysis.save_figure(fig, path)
+    finish_curves(fig, ax, bx, data, path)
 
 
 def plot_wd_time_to_grok(data, path):
