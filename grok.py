@@ -973,8 +973,7 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
                 batch = None
             if cfg.stop_acc > 0 and note_reached(stops, test_acc, cfg.stop_acc, epoch):
                 batch = None
-            active = [r for r in range(R) if stops["epoch"][r] < 0]
-            if epoch % cfg.print_every == 0 or epoch == cfg.epochs or not active:
+            if epoch % cfg.print_every == 0 or epoch == cfg.epochs or all(e >= 0 for e in stops["epoch"]):
                 print(progress_line(hist, epoch, cfg.epochs, (epoch - start) / max(wall() - wall0, 1e-9)), flush=True)
         active = [r for r in range(R) if stops["epoch"][r] < 0]  # the runs still training
         if epoch == cfg.epochs or not active:
