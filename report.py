@@ -566,14 +566,16 @@ T95 = (6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.7
        1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711, 1.708, 1.706, 1.703, 1.701, 1.699, 1.697)
 
 
-def per_seed_fit(rows):
-    """c of log P = a_s + b_s log o + c_s log D fitted per network seed, and the 90% t-interval of the mean c over seeds.
+def t95(df):
+    """Student's t_{0.95, df} (the 90% two-sided interval's multiplier): the table, 1.645 above 30."""
+    return T95[df - 1] if df <= len(T95) else 1.645
 
-    Returns (mean c, lo, hi, seeds fitted, points used); nan where fewer than 2 seeds can be fitted.
-    """
+
+def per_seed_cs(rows):
+    """c_s of log P = a_s + b_s log o + c_s log D for each network seed whose runs allow a fit: (c_s [S], points used)."""
     # The seed is the independent unit: each seed's runs (several D, several logit levels) give one
-    # c_s, and the seeds' c_s are independent, so the t-interval over them is valid for the number
-    # of seeds there are (a bootstrap over 3-5 seeds is not).
+    # c_s, and the seeds' c_s are independent, so a t-interval over them is valid for the number of
+    # seeds there are (a bootstrap over 3-5 seeds is not).
     cs, n = [], 0
     for s in np.unique(rows["seed"]):
         at = rows["seed"] == s
@@ -581,11 +583,43 @@ def per_seed_fit(rows):
         if np.isfinite(c):
             cs.append(c)
             n += k
-    cs = np.array(cs)
+    return np.array(cs), n
+
+
+def per_seed_fit(rows):
+    """c of log P = a_s + b_s log o + c_s log D fitted per network seed, and the 90% t-interval of the mean c over seeds.
+
+    Returns (mean c, lo, hi, seeds fitted, points used); nan where fewer than 2 seeds can be fitted.
+    """
+    cs, n = per_seed_cs(rows)
     if len(cs) < 2:
         return float(cs.mean()) if len(cs) else float("nan"), float("nan"), float("nan"), len(cs), n
-    half = (T95[len(cs) - 2] if len(cs) - 1 <= 30 else 1.645) * cs.std(ddof=1) / math.sqrt(len(cs))
+    half = t95(len(cs) - 1) * cs.std(ddof=1) / math.sqrt(len(cs))
     return float(cs.mean()), float(cs.mean() - half), float(cs.mean() + half), len(cs), n
+
+
+def seeds_for_interval(mean, sd, inside, most=1000):
+    """The fewest seeds whose 90% t-interval mean +- t sd / sqrt(n) satisfies inside(lo, hi), at this mean and spread."""
+    # A planning figure, not a verdict: it assumes the next seeds' c_s have the mean and spread of
+    # these. inf when no number of seeds up to `most` would do (the mean itself fails the rule).
+    for n in range(2, most + 1):
+        half = t95(n - 1) * sd / math.sqrt(n)
+        if inside(mean - half, mean + half):
+            return n
+    return math.inf
+
+
+def seeds_to_train(q, k, need=4, want=5, prob=0.9, most=1000):
+    """Seeds to train so that >= want of them, with probability prob, have >= need of their k runs qualify: (N, P(a seed does))."""
+    # Each run qualifies independently at rate q (a planning assumption): a seed fits when at least
+    # `need` of its k runs qualify (the fit's 3 coefficients and one spare; the condition that they
+    # span two sizes is left out, so N is a lower bound). Binomial sums, exact.
+    binom = lambda n, j, x: math.comb(n, j) * x ** j * (1 - x) ** (n - j)
+    per_seed = sum(binom(k, j, q) for j in range(need, k + 1))
+    for N in range(want, most + 1):
+        if sum(binom(N, j, per_seed) for j in range(want, N + 1)) >= prob:
+            return N, per_seed
+    return math.inf, per_seed
 
 
 def p1_rows(eff, min_trig=0.95, fit=0.99, min_seeds=5, need_converged=True):
@@ -615,6 +649,16 @@ def p1_rows(eff, min_trig=0.95, fit=0.99, min_seeds=5, need_converged=True):
     return out
 
 
+def mem_holds(lo, hi, mem_min=0.0):
+    """P1's rule for C_mem: the interval of c lies above mem_min (the norm at a fixed logit grows with D)."""
+    return lo > mem_min
+
+
+def gen_holds(lo, hi, gen_margin=0.1):
+    """P1's rule for C_gen: the interval of c lies inside [-gen_margin, gen_margin] (the norm does not move with D)."""
+    return -gen_margin <= lo and hi <= gen_margin
+
+
 def check_p1(rows, mem_min=0.0, gen_margin=0.1, min_seeds=5):
     """P1: at a fixed logit C_mem's parameter norm grows with D (c_mem > 0) and C_gen's does not (|c_gen| small)."""
     # Sec. 5.1: "(P1) Efficiency. We predict (Section 4.1) that memorisation efficiency decreases with
@@ -633,7 +677,7 @@ def check_p1(rows, mem_min=0.0, gen_margin=0.1, min_seeds=5):
     seeds = min(sm, sg)
     sizes = {k: np.unique(rows[k]["D"]) for k in ("mem", "gen")}
     enough = seeds >= min_seeds and all(len(s) >= 2 for s in sizes.values()) and np.isfinite([mlo, glo]).all()
-    held = mlo > mem_min and -gen_margin <= glo and ghi <= gen_margin
+    held = mem_holds(mlo, mhi, mem_min) and gen_holds(glo, ghi, gen_margin)
     failed = mhi <= mem_min or glo > gen_margin or ghi < -gen_margin
     fmt = lambda s: ", ".join(str(int(d)) for d in s) or "none"
     trig = rows["trig"]
@@ -654,6 +698,43 @@ def check_p1(rows, mem_min=0.0, gen_margin=0.1, min_seeds=5):
                        "no C_gen-only run meets the requirements") + trig_text,
                 spread="90% t-intervals over seeds in brackets", result=outcome(enough, True, held, failed))
     return dict(v, c_mem=(cm, mlo, mhi), c_gen=(cg, glo, ghi), sizes=sizes)
+
+
+def p1_needs(eff, min_seeds=5, need=4, prob=0.9):
+    """What P1's verdict needs, from the runs there are: seeds to train per circuit, and seeds for the interval to settle."""
+    # Planning figures printed beside the verdict, never part of it. Qualifying: P1's requirements
+    # but the seeds-per-D minimum (p1_rows with min_seeds=1), at the sizes where any run qualified;
+    # k is the median number of such runs a seed has there. The spread of c_s comes from the
+    # converged fit, or from the fit at the budget's end (marked so) where fewer than 2 seeds fit.
+    kept = p1_rows(eff, min_seeds=1)
+    loose = p1_rows(eff, min_seeds=1, need_converged=False)
+    cand = dict(mem=eff["random_labels"], gen=~eff["random_labels"] & ~eff["init_from"])
+    rules = dict(mem=mem_holds, gen=gen_holds)
+    parts = []
+    for name, label in (("mem", "C_mem"), ("gen", "C_gen")):
+        sizes = np.unique(kept[name]["D"])
+        if not len(sizes):
+            parts.append(f"{label}: no run qualifies")
+            continue
+        at = cand[name] & np.isin(eff["n_train"], sizes)
+        q = len(kept[name]["D"]) / max(int(at.sum()), 1)
+        k = int(np.median([np.sum(at & (eff["seed"] == s)) for s in np.unique(eff["seed"][at])]))
+        N, per_seed = seeds_to_train(q, k, need, min_seeds, prob)
+        text = (f"{label}: {len(kept[name]['D'])} of {int(at.sum())} runs at D = {', '.join(str(int(d)) for d in sizes)} "
+                f"qualify ({q:.2f}); a seed with {k} of them has >= {need} qualifying with probability {per_seed:.2f}, "
+                f"so {min_seeds} fitted seeds take {N if np.isfinite(N) else 'more than 1000'} seeds to train "
+                f"({prob:.0%} chance)")
+        cs, _ = per_seed_cs(kept[name])
+        where = ""
+        if len(cs) < 2:
+            cs, _ = per_seed_cs(loose[name])
+            where = ", from the fit at the budget's end"
+        if len(cs) >= 2:
+            n = seeds_for_interval(cs.mean(), cs.std(ddof=1), lambda lo, hi: rules[name](lo, hi))
+            text += (f"; c_s over {len(cs)} seeds {cs.mean():.3f} +- {cs.std(ddof=1):.3f} (sd{where}): the interval meets "
+                     f"the held rule from {n if np.isfinite(n) else 'no number of'} fitted seeds at that mean and spread")
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def average_ranks(v):
@@ -1154,6 +1235,8 @@ def section_efficiency(folder):
                 L += [f"{name}: " + movement_line(analysis.load_run(path_of(folder, name))), ""]
         L += verdict_lines(p1) + [f"Dataset sizes where both circuits were trained: {overlap or 'none'}. "
                                   "Figure: `fig3_efficiency.png`.", ""]
+        if p1["outcome"] == "inconclusive":
+            L += [f"What a verdict would need (planning figures from these runs, not judged): {p1_needs(table)}.", ""]
         out.append(("P1: growth of the norm with D at a fixed logit (c_mem; c_gen)", p1))
     else:
         L += ["Not run (stage fig3).", ""]

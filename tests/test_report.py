@@ -225,6 +225,44 @@ def test_p1_held_not_held_inconclusive():
     assert "centred reading" in report.check_p1(report.p1_rows(efficiency(0.3, 0.0)))["value"]
 
 
+def test_seeds_to_train_matches_brute_force():
+    # Every outcome of N seeds x k runs enumerated: the chance that >= want seeds have >= need
+    # qualifying runs, against the binomial sums; N is the first seed count that reaches prob.
+    import itertools
+    q, k, need, want = 0.7, 3, 2, 2
+    def brute(N):
+        total = 0.0
+        for runs in itertools.product((0, 1), repeat=N * k):
+            p = np.prod([q if r else 1 - q for r in runs])
+            fitted = sum(sum(runs[i * k:(i + 1) * k]) >= need for i in range(N))
+            total += p if fitted >= want else 0.0
+        return total
+    N, per_seed = report.seeds_to_train(q, k, need, want, prob=0.95)
+    assert abs(per_seed - (3 * q ** 2 * (1 - q) + q ** 3)) < 1e-12, per_seed
+    assert brute(N) >= 0.95 > brute(N - 1), (N, brute(N), brute(N - 1))
+    assert report.seeds_to_train(1.0, 4)[0] == 5 and report.seeds_to_train(0.0, 4)[0] == float("inf")
+
+
+def test_seeds_for_interval_is_the_first_n_whose_interval_passes():
+    # The 90% t-interval mean +- t_{0.95, n-1} sd / sqrt(n), written out with the table's values.
+    t = {4: 2.132, 5: 2.015, 6: 1.943}
+    inside = lambda lo, hi: lo > 0
+    n = report.seeds_for_interval(0.206, 0.220, inside)
+    assert n == 6, n
+    assert 0.206 - t[5] * 0.220 / 6 ** 0.5 > 0 >= 0.206 - t[4] * 0.220 / 5 ** 0.5
+    assert report.seeds_for_interval(-0.1, 0.2, inside) == float("inf")  # the mean itself fails
+
+
+def test_p1_needs_reads_the_runs_it_was_given():
+    eff = efficiency(0.3, 0.0)
+    text = report.p1_needs(eff)
+    # 30 random-label runs (5 seeds x 3 D x 2 logits), all qualifying: 5 seeds suffice.
+    assert "C_mem: 30 of 30 runs at D = 200, 400, 800 qualify (1.00)" in text and "take 5 seeds" in text, text
+    half = {k: v.copy() for k, v in eff.items()}
+    half["trig_frac"][~half["random_labels"] & (half["seed"] % 2 == 1)] = 0.5  # seeds 1, 3 fail the trig check
+    assert "C_gen: 18 of 30 runs" in report.p1_needs(half), report.p1_needs(half)
+
+
 def test_spearman_matches_closed_form():
     # no ties: rho = 1 - 6 sum d^2 / (n (n^2 - 1))
     x, y = np.array([1.0, 2, 3, 4, 5]), np.array([2.0, 1, 4, 3, 5])
