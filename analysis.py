@@ -68,7 +68,7 @@ RUN_FILES = ("config.json", "history.npz", "train_idx.npz", "params.pt")  # para
 
 
 def load_run(run_dir):
-    """Read a finished grok.py run directory: config, per-run settings, history and data split."""
+    """Read a finished grok.py run directory: config, per-run settings, history and data split, each checked."""
     if not os.path.isdir(run_dir):
         raise ValueError(f"run directory {run_dir!r} does not exist")
     missing = [f for f in RUN_FILES if not os.path.exists(os.path.join(run_dir, f))]
@@ -76,22 +76,55 @@ def load_run(run_dir):
         raise ValueError(f"run directory {run_dir!r} is incomplete: {', '.join(missing)} missing "
                          f"(an unfinished run? rerun the same grok.py command to finish it)")
     fix = f"rerun the grok.py command of {run_dir} after deleting the file, or delete the directory"
-    saved = grok.load_json(os.path.join(run_dir, "config.json"), fix)
-    hist = grok.load_checked(os.path.join(run_dir, "history.npz"), read_npz, fix)
-    split = grok.load_checked(os.path.join(run_dir, "train_idx.npz"), read_npz, fix)
+    cfg_path = os.path.join(run_dir, "config.json")
+    saved = grok.check_meta(grok.load_json(cfg_path, fix), cfg_path, fix)
+    runs, R = saved["runs"], len(saved["runs"]["seed"])
+    hist = load_npz(os.path.join(run_dir, "history.npz"), HISTORY_KEYS, fix)
+    split = load_npz(os.path.join(run_dir, "train_idx.npz"), ("train_idx", "test_idx", "train_labels", "n_train"), fix)
+    T = len(hist["epoch"])
+    if any(np.shape(hist[k]) != (R, T) for k in HISTORY_KEYS if k != "epoch"):
+        raise ValueError(f"{os.path.join(run_dir, 'history.npz')} does not hold {R} runs x {T} records as config.json "
+                         f"says; {fix}")
+    check_split(split, saved, os.path.join(run_dir, "train_idx.npz"), fix)
     # Runs that diverged were frozen by grok.py at their last finite state (history.npz says when and why).
     reasons = [str(r) for r in hist.get("stop_reason", [])]
     diverged = [r for r, why in enumerate(reasons) if why.startswith("diverged")]
     if diverged and len(diverged) == len(reasons):
         raise ValueError(f"{run_dir}: every run diverged ({reasons[0]}); there is nothing to analyse")
-    return dict(dir=run_dir, cfg=saved["config"], runs=saved["runs"], dims=saved["dims"], hist=hist, split=split,
+    return dict(dir=run_dir, cfg=saved["config"], runs=runs, dims=saved["dims"], hist=hist, split=split,
                 n_pairs=saved["n_pairs"], diverged=diverged)
 
 
-def read_npz(path):
-    """Every array of an .npz file, read into memory."""
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm")  # what analysis.py reads
+
+
+def check_split(split, saved, path, what_to_do):
+    """Raise (one line) unless train_idx.npz holds the very splits config.json's runs were trained on."""
+    # Each run's training subset is a function of its seed, D and the number of pairs alone
+    # (grok.split_indices), so it can be computed again here and compared: another run's file, or
+    # another modulus's, cannot pass for this one.
+    n_train = [int(d) for d in saved["runs"]["n_train"]]
+    if list(np.asarray(split["n_train"]).ravel()) != n_train or np.ndim(split["train_idx"]) != 2 \
+            or len(split["train_idx"]) != len(n_train):
+        raise ValueError(f"{path} is not this run's split (its sizes differ from config.json's); {what_to_do}")
+    for r, (seed, d) in enumerate(zip(saved["runs"]["seed"], n_train)):
+        train, _ = grok.split_indices(int(saved["n_pairs"]), d, int(seed))
+        row = split["train_idx"][r]
+        if not np.array_equal(row[row >= 0], train):
+            raise ValueError(f"{path} is not this run's split (run {r}'s training pairs differ from its seed's); "
+                             f"{what_to_do}")
+
+
+def load_npz(path, keys=(), what_to_do="make it again with the command that wrote it"):
+    """Every array of an .npz file as a dict, checked: one line naming the file if it is damaged or lacks keys."""
+    def read(p):
+        with np.load(p) as f:
+            return {k: f[k] for k in f.files}
+    data = grok.load_checked(path, read, what_to_do)
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: it is not the file this needs; {what_to_do}")
+    return data
 
 
 def check_trig_task(run):
@@ -104,11 +137,27 @@ def check_trig_task(run):
 
 def load_params(path):
     """A stacked parameter file (params.pt or a snapshot) as float32 CPU tensors: name -> [R, ...]."""
-    fix = "rerun the grok.py command of its run directory after deleting the file"
+    if os.path.basename(os.path.dirname(path)) == "snapshots":  # made only while training: no command makes one again
+        fix = ("a snapshot is made only while training: delete the run directory and run its grok.py command "
+               "again, or analyse the final parameters alone with --final-only")
+    else:
+        fix = "delete it and rerun the grok.py command of its run directory (the run finishes again from its checkpoint)"
     params = grok.load_checked(path, lambda p: torch.load(p, map_location="cpu"), fix)
     if not isinstance(params, dict) or not all(torch.is_tensor(params.get(n)) for n in grok.PARAM_SHAPES):
         raise ValueError(f"{path} holds no grok.py parameters; {fix}")
     return {k: v.float() for k, v in params.items()}
+
+
+def check_snapshots(run, epochs, final_epoch):
+    """Raise (one line) unless the snapshots present are exactly those the run's config made up to its last epoch."""
+    want = sorted(e for e in grok.snapshot_epochs(run["cfg"]["epochs"], run["cfg"].get("snapshots", 0))
+                  if e <= final_epoch)
+    missing, extra = sorted(set(want) - set(epochs)), sorted(set(epochs) - set(want))
+    if missing or extra:
+        what = (f"lacks the snapshot(s) of epoch {', '.join(map(str, missing[:5]))}" if missing else
+                f"holds snapshot(s) its config does not make (epoch {', '.join(map(str, extra[:5]))})")
+        raise ValueError(f"{run['dir']}/snapshots {what}; a snapshot is made only while training: delete the run "
+                         f"directory and run its grok.py command again, or analyse it with --final-only")
 
 
 def snapshot_files(run_dir):
@@ -469,6 +518,8 @@ def analyse_run(run_dir, which=-1, final_only=False, key_cover=0.9, log=print):
     elif not epochs:
         raise ValueError(f"{run_dir} has no parameter snapshots; train it with grok.py --snapshots N "
                          f"(e.g. 100), or pass --final-only to analyse the final parameters alone")
+    else:
+        check_snapshots(run, epochs, final_epoch)
     if not epochs or epochs[-1] != final_epoch:  # stopped early (--stop-acc) or --final-only: add params.pt
         epochs, paths = epochs + [final_epoch], paths + [None]
     datas = {r: pair_data(run, r) for r in runs}
@@ -638,7 +689,7 @@ def save_figure(fig, path):
     """Write a figure as PNG via a temporary file in the same folder and os.replace."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        grok.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        grok.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     finally:
         plt.close(fig)
 
@@ -837,18 +888,8 @@ def plot_fig10(data, path):
 
 def save_text(lines, path):
     """Write lines of text atomically."""
-    with_nl = "\n".join(lines) + "\n"
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(with_nl)
-    grok.atomic_write(path, write)
-
-
-def load_npz(path):
-    """Every array of an .npz file as a dict."""
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+    data = ("\n".join(lines) + "\n").encode()
+    grok.atomic_write(path, lambda f: f.write(data))
 
 
 def draw_run_figures(progress, out, log=print):
@@ -861,12 +902,22 @@ def draw_run_figures(progress, out, log=print):
             log(f"wrote {path}")
 
 
-def computed_or_saved(npz, replot, log, compute):
-    """With replot, the arrays saved in npz; otherwise compute() them and save them to npz."""
+# What --replot reads back: the arrays the summary and the figures of each mode draw from.
+PROGRESS_KEYS = ("runs", "epoch", "seed", "n_train", "wd", "lr", "key_mask", "phases", "strength", "trig_frac", "o_t",
+                 "o_m_train", "o_m_test", "train_loss", "test_loss", "test_acc", "restricted_loss", "excluded_loss",
+                 "neuron_fve", "emb_norms", "sum_sq", "test_margin", "test_margin_q", "hist_epoch", "hist_param_norm",
+                 "hist_test_acc", "hist_test_loss", "hist_train_loss")
+EFFICIENCY_KEYS = ("dir", "dir_name", "run", "seed", "n_train", "wd", "random_labels", "init_from", "converged",
+                   "param_norm", "o_train", "o_t", "o_m_train", "o_m_train_centred", "trig_frac", "trig_frac_centred",
+                   "test_acc", "train_acc")
+
+
+def computed_or_saved(npz, replot, log, compute, keys=()):
+    """With replot, the arrays saved in npz (checked for keys); otherwise compute() them and save them to npz."""
     if replot:
         if not os.path.exists(npz):
             raise ValueError(f"--replot: {npz} does not exist; run without --replot first")
-        return load_npz(npz)
+        return load_npz(npz, keys, "run without --replot to compute it again")
     arrays = compute()
     os.makedirs(os.path.dirname(os.path.abspath(npz)), exist_ok=True)
     grok.save_npz(arrays, npz)
@@ -881,7 +932,8 @@ def main_run(args, log=print):
     run_dir = args.run_dirs[0]
     out = args.out or os.path.join(run_dir, "analysis")
     progress = computed_or_saved(os.path.join(out, "progress.npz"), args.replot, log,
-                                 lambda: analyse_run(run_dir, args.run, args.final_only, args.key_cover, log))
+                                 lambda: analyse_run(run_dir, args.run, args.final_only, args.key_cover, log),
+                                 PROGRESS_KEYS)
     lines = summary_lines(progress)
     save_text(lines, os.path.join(out, "summary.txt"))
     log("\n".join(lines))
@@ -894,7 +946,7 @@ def main_efficiency(args, log=print):
     if not args.run_dirs and not args.replot:
         raise ValueError("--efficiency needs at least one run directory")
     table = computed_or_saved(os.path.join(out, "efficiency.npz"), args.replot, log,
-                              lambda: efficiency_table(args.run_dirs, log))
+                              lambda: efficiency_table(args.run_dirs, log), EFFICIENCY_KEYS)
     fig3 = dict(fig3_triples(table, args.min_trig), buckets=np.array(args.buckets))
     fig10 = fig10_points(table, args.buckets)
     plot_fig3(fig3, os.path.join(out, "fig3.png"))
@@ -917,6 +969,11 @@ def parse_args(argv):
     args = Args(**{**vars(ns), "run_dirs": tuple(ns.run_dirs)})
     if not args.run_dirs and not (args.efficiency and args.replot):
         raise ValueError("no run directory given; usage: python analysis.py RUN_DIR [--out DIR]")
+    real = [os.path.realpath(d) for d in args.run_dirs]
+    twice = sorted({d for d, r in zip(args.run_dirs, real) if real.count(r) > 1})
+    if twice:  # pooled twice, each run would count as two networks
+        raise ValueError(f"run directory {twice[0]} is given more than once (as {', '.join(twice)}); "
+                         f"allowed: each directory once")
     if not 0 < args.key_cover <= 1 or not 0 <= args.min_trig <= 1 or args.buckets < 1:
         raise ValueError("--key-cover must be in (0, 1], --min-trig in [0, 1] and --buckets >= 1")
     return args
@@ -932,6 +989,17 @@ def main(argv=None):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a full disk, a read-only or missing --out: atomic writes leave nothing half-written
+        print(f"error: {one_line_os_error(e)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def one_line_os_error(e):
+    """An OSError as one line that names its file: atomic_write's own message, or the cause and the path."""
+    if e.strerror and "could not write" in e.strerror:
+        return e.strerror
+    return f"{e.strerror or type(e).__name__}: {e.filename or 'a file'}" + (
+        f" -> {e.filename2}" if getattr(e, "filename2", None) else "")
 
 
 if __name__ == "__main__":

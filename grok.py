@@ -32,10 +32,12 @@ import dataclasses
 import errno
 import hashlib
 import inspect
+import io
 import itertools
 import json
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -305,26 +307,74 @@ def adamw_step(params, grads, state, step, lr, wd, beta1, beta2, eps):
 
 
 # -----------------------------------------------------------------------------
+# The textbook training loop: one run, built only from the pieces above
+# App. A: "We optimise the network with full batch training (that is, using the entire training
+# dataset for each update) using the AdamW optimiser ... with beta_1 = 0.9, beta_2 = 0.98, learning
+# rate of 10^-3, and weight decay of 1.0." The loss is the cross-entropy of the answer, predicted
+# at the last position (the '=' token). The sweep loop below (train_loop) trains many such runs
+# at once with faster code; tests/test_grok.py checks that it follows this loop's trajectory.
+
+
+def train_textbook(cfg, eval_every=100):
+    """One run of cfg (its first seed, size, weight decay and lr): final parameters [1, ...] and records every eval_every epochs."""
+    tokens, labels, d_vocab, n_out = make_dataset(cfg.task, cfg.p, cfg.fmt)  # [N, n_ctx], [N]
+    seed = parse_list(cfg.seeds, int, "seeds")[0]
+    D = train_size(cfg.train.split(",")[0], len(labels))
+    wd, lr = parse_list(cfg.wd, float, "wd")[0], parse_list(cfg.lr, float, "lr")[0]
+    train, test = split_indices(len(labels), D, seed)  # the first D pairs of a seeded permutation, and the rest
+    x_train, y_train = tokens[train][None], labels[train][None]  # [1, D, n_ctx], [1, D]: a run axis of 1
+    x_test, y_test = tokens[test][None], labels[test][None]  # [1, N - D, n_ctx], [1, N - D]
+    dims = dict(d_vocab=d_vocab, n_ctx=tokens.shape[1], n_out=n_out, d_model=cfg.d_model, n_heads=cfg.n_heads,
+                d_head=cfg.d_head, d_mlp=cfg.d_mlp)
+    params = {n: t[None].requires_grad_() for n, t in init_params(dims, seed).items()}  # [1, ...]
+    state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}  # AdamW's moments
+    lr_t, wd_t = torch.tensor([lr]), torch.tensor([wd])  # adamw_step takes one per run
+    mean = lambda y: torch.full(y.shape, 1.0 / y.shape[1], dtype=torch.float64)  # weights of a mean over examples
+    records = {k: [] for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")}
+    for epoch in range(cfg.epochs + 1):
+        if epoch % eval_every == 0 or epoch == cfg.epochs:  # evaluate before the step, as train_loop records
+            with torch.no_grad():
+                for name, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+                    logits = forward(params, x)[:, :, -1]  # [1, B, n_out]: the answer, at the last position
+                    records[f"{name}_loss"].append(cross_entropy(logits, y, mean(y)).item())
+                    records[f"{name}_acc"].append((logits.argmax(-1) == y).double().mean().item())
+            records["epoch"].append(epoch)
+        if epoch == cfg.epochs:
+            break
+        logits = forward(params, x_train)[:, :, -1]  # [1, D, n_out]
+        loss = cross_entropy(logits, y_train, mean(y_train))  # [1]
+        grads = torch.autograd.grad(loss.sum(), list(params.values()))
+        with torch.no_grad():
+            adamw_step(params, dict(zip(params, grads)), state, epoch + 1, lr_t, wd_t, cfg.beta1, cfg.beta2, cfg.eps)
+    return {n: t.detach() for n, t in params.items()}, {k: np.array(v) for k, v in records.items()}
+
+
+# -----------------------------------------------------------------------------
 # Files: every write goes to a temporary file first and is renamed into place
 
 
-def atomic_write(path, write):
-    """Call write(tmp_path), flush it to disk, then rename it to path: path is never half-written.
+def atomic_write(path, write, dir_fd=None, shown=None):
+    """Call write(f) on a temporary file, flush it to disk, then rename it to path: path is never half-written.
 
-    On any failure the temporary file is removed and an OSError names path and the cause (one line).
+    With dir_fd, path is relative to that open directory: the file lands in the directory that was
+    opened, even if its path has since been deleted or reused by another run. On any failure the
+    temporary file is removed and an OSError names the file (shown, else path) and the cause (one line).
     """
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
+        with open(tmp, "wb", opener=lambda p, flags: os.open(p, flags, 0o644, dir_fd=dir_fd)) as f:
+            write(f)
+            f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        try:
+            os.remove(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
         if isinstance(e, OSError):
             cause = e.strerror or str(e)
-            raise OSError(e.errno, f"could not write {path}: {cause}" + (
+            raise OSError(e.errno, f"could not write {shown or path}: {cause}" + (
                 "; free some space and run the same command again" if e.errno == errno.ENOSPC else "")) from None
         raise
 
@@ -347,25 +397,24 @@ def load_json(path, what_to_do):
     return load_checked(path, load, what_to_do)
 
 
-def save_json(obj, path):
+def save_json(obj, path, dir_fd=None, shown=None):
     """Write obj as indented JSON, atomically."""
-    def write(tmp):
-        with open(tmp, "w") as f:  # closing inside write() surfaces a failed flush (disk full) here
-            f.write(json.dumps(obj, indent=1) + "\n")
-    atomic_write(path, write)
+    text = (json.dumps(obj, indent=1) + "\n").encode()
+    atomic_write(path, lambda f: f.write(text), dir_fd, shown)
 
 
-def save_torch(obj, path):
+def save_torch(obj, path, dir_fd=None, shown=None):
     """torch.save obj, atomically."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    # Serialised in memory first: a full disk inside torch's zip writer is a RuntimeError that names
+    # no file, while a full disk in f.write is an OSError that atomic_write reports in one line.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()), dir_fd, shown)
 
 
-def save_npz(arrays, path):
+def save_npz(arrays, path, dir_fd=None, shown=None):
     """np.savez arrays (a dict), atomically."""
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    atomic_write(path, write)
+    atomic_write(path, lambda f: np.savez(f, **arrays), dir_fd, shown)
 
 
 # -----------------------------------------------------------------------------
@@ -380,10 +429,15 @@ def parse_list(text, kind, name):
             part = part.strip()
             if kind is int and "-" in part[1:]:
                 lo, hi = part.split("-", 1) if not part.startswith("-") else part[1:].split("-", 1)
+                if int(hi) < int(lo):
+                    raise ValueError(f"--{name} range {part!r} runs downwards; allowed: LO-HI with LO <= HI, e.g. "
+                                     f"{hi}-{lo}")
                 out += list(range(int(lo), int(hi) + 1))
             else:
                 out.append(kind(part))
-    except ValueError:
+    except ValueError as e:
+        if "runs downwards" in str(e):
+            raise
         raise ValueError(f"--{name} {text!r} is not a comma list of {kind.__name__}s") from None
     if not out:
         raise ValueError(f"--{name} is empty")
@@ -421,6 +475,11 @@ def make_runs(cfg, n_all):
     if not all(math.isfinite(w) and w >= 0 for w in wds) or not all(math.isfinite(l) and l > 0 for l in lrs):
         raise ValueError(f"weight decays must be finite and >= 0 and learning rates finite and > 0, "
                          f"got --wd {cfg.wd!r} --lr {cfg.lr!r}")
+    for flag, values in (("seeds", seeds), ("train", sizes), ("wd", wds), ("lr", lrs)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:  # two identical runs: twice the work, and a source with one seed twice cannot start others
+            raise ValueError(f"--{flag} names {', '.join(f'{v:g}' for v in twice)} more than once (as given: "
+                             f"{getattr(cfg, 'train' if flag == 'train' else flag)!r}); allowed: distinct values")
     runs = list(itertools.product(seeds, sizes, wds, lrs))
     return {k: [r[i] for r in runs] for i, k in enumerate(("seed", "n_train", "wd", "lr"))}
 
@@ -434,16 +493,24 @@ def available_memory():
         return None
 
 
-def check_memory(n_pairs, n_ctx, n_runs, d_max, d_mlp):
-    """Refuse, before anything is allocated or written, a config whose data and activations do not fit."""
-    # The dataset (tokens, labels and numpy's intermediates), each run's index lists, and the
-    # training step's largest activations ([R, D, d_mlp] floats, a handful of them alive at once).
-    need = 8 * n_pairs * (n_ctx + 4) + 16 * n_runs * n_pairs + 4 * 8 * n_runs * d_max * d_mlp
+def param_count(dims):
+    """Parameters of one run of the model with these sizes."""
+    return sum(math.prod(dims[a] for a in axes) for axes in PARAM_SHAPES.values())
+
+
+def check_memory(n_pairs, n_ctx, n_runs, d_max, d_width, n_params=0):
+    """Refuse, before anything is allocated or written, a config whose data, activations and parameters do not fit."""
+    # The dataset (tokens, labels and numpy's intermediates), each run's index lists, the training
+    # step's largest activations ([R, D, max(d_mlp, d_model)] floats, a handful alive at once), and
+    # the parameters: with their gradients, AdamW's m and v, the batch's working copy of those three
+    # and a checkpoint serialised in memory, about ten float32 copies.
+    need = (8 * n_pairs * (n_ctx + 4) + 16 * n_runs * n_pairs + 4 * 8 * n_runs * d_max * d_width
+            + 4 * 10 * n_runs * n_params)
     have = available_memory()
     if have is not None and need > 0.8 * have:
         raise ValueError(f"this config needs about {need / 2**30:.1f} GiB ({n_pairs} pairs, {n_runs} runs of D up to "
-                         f"{d_max}) and this machine has {have / 2**30:.1f} GiB available; use a smaller --p, fewer runs "
-                         f"or a smaller --train")
+                         f"{d_max}, {n_params} parameters a run) and this machine has {have / 2**30:.1f} GiB available; "
+                         f"use a smaller --p, fewer runs, a smaller --train or a smaller model")
 
 
 def check_config(cfg):
@@ -466,6 +533,8 @@ def check_config(cfg):
                          f"{cfg.log_every}); allowed: 0 or at least {4 * cfg.log_every} epochs")
     if not 0.0 <= cfg.stop_acc <= 1.0:
         raise ValueError(f"--stop-acc must be in [0, 1], got {cfg.stop_acc}")
+    if cfg.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: all cores), got {cfg.threads}")
     if cfg.group_rows < -1:
         raise ValueError(f"--group-rows must be >= 0, or -1 for the device's default, got {cfg.group_rows}")
     for name in ("beta1", "beta2", "eps", "stop_acc", "converge_acc", "converge_loss", "converge_norm"):
@@ -499,27 +568,32 @@ def describe(cfg):
     check_memory(n_pairs, n_ctx, 1, 1, cfg.d_mlp)  # the dataset itself, before it is built
     tokens, labels, d_vocab, n_out = make_dataset(cfg.task, cfg.p, cfg.fmt)
     runs = make_runs(cfg, len(labels))
-    check_memory(len(labels), n_ctx, len(runs["seed"]), max(runs["n_train"]), cfg.d_mlp)
     dims = dict(d_vocab=d_vocab, n_ctx=tokens.shape[1], n_out=n_out, d_model=cfg.d_model,
                 n_heads=cfg.n_heads, d_head=cfg.d_head, d_mlp=cfg.d_mlp)
+    check_memory(len(labels), n_ctx, len(runs["seed"]), max(runs["n_train"]), max(cfg.d_mlp, cfg.d_model),
+                 param_count(dims))
     return tokens, labels, runs, dims
 
 
-def file_sha256(path):
-    """Hex SHA-256 of a file's bytes."""
+def read_source(init_from):
+    """The bytes of an --init-from source's params.pt, read once (None without --init-from)."""
+    # Read once, then hashed and loaded from these bytes: a source replaced while a run starts can
+    # never be recorded under one identity and loaded as another.
+    if not init_from:
+        return None
+    path = os.path.join(init_from, "params.pt")
+    if not os.path.isfile(path):
+        raise ValueError(f"--init-from {init_from}: no params.pt there (is the run finished?)")
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        return f.read()
 
 
-def run_meta(cfg, runs, dims, n_pairs, device):
+def run_meta(cfg, runs, dims, n_pairs, device, source=None):
     """What config.json records: every setting, the runs, the model's sizes, versions and the init source."""
     meta = dict(config=dataclasses.asdict(cfg), runs=runs, dims=dims, n_pairs=n_pairs,
                 torch=torch.__version__, device=str(device))
-    if cfg.init_from:  # the source is identified by its content, so a moved source still matches
-        src = os.path.join(cfg.init_from, "params.pt")
-        if not os.path.isfile(src):
-            raise ValueError(f"--init-from {cfg.init_from}: no params.pt there (is the run finished?)")
-        meta["init_sha256"] = file_sha256(src)
+    if source is not None:  # the source is identified by its content, so a moved source still matches
+        meta["init_sha256"] = hashlib.sha256(source).hexdigest()
     return meta
 
 
@@ -529,48 +603,195 @@ def run_settings(meta):
     return dict(config, runs=meta["runs"], init_sha256=meta.get("init_sha256", ""))
 
 
+def check_meta(meta, path, what_to_do):
+    """Raise (one line) unless meta has the shape of a config.json that grok.py wrote."""
+    get = lambda k: meta.get(k) if isinstance(meta, dict) else None
+    runs, config = get("runs"), get("config")
+    ok = (isinstance(config, dict) and all(k in config for k in ("task", "p", "fmt", "epochs"))
+          and isinstance(get("dims"), dict) and isinstance(get("n_pairs"), int) and isinstance(runs, dict)
+          and all(isinstance(runs.get(k), list) for k in ("seed", "n_train", "wd", "lr"))
+          and len({len(runs[k]) for k in ("seed", "n_train", "wd", "lr")}) == 1)
+    if not ok:
+        raise ValueError(f"{path} is not a grok.py config.json (it needs 'config' with task, p, fmt and epochs, "
+                         f"'dims', 'n_pairs', and 'runs' with equal lists 'seed', 'n_train', 'wd', 'lr'); {what_to_do}")
+    return meta
+
+
+# What a run directory may hold: grok.py's files, its snapshots, temporary files of its writes,
+# and analysis/, where analysis.py writes by default.
+RUN_DIR_NAMES = ("config.json", "checkpoint.pt", "params.pt", "history.npz", "train_idx.npz", "snapshots", ".lock",
+                 "analysis")
+TMP_NAME = re.compile(r".+\.tmp\d+$")  # atomic_write's temporary files: NAME.tmpPID
+SNAPSHOT_NAME = re.compile(r"epoch_\d{8}\.pt$")
+HAVE_DIR_FD = hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd
+
+
+@dataclass
+class RunDir:
+    """A run directory held by this process: the path it was given, its lock, and the directory opened once.
+
+    Every read and write of the run goes through dir_fd, so it reaches the directory that was
+    locked: if that directory is deleted or moved while this process runs and another run takes
+    its path, the two never mix (and check_held stops this one at its next write).
+    """
+    path: str
+    lock_fd: int
+    dir_fd: int = -1  # -1 where the system has no openat: then files are named by path
+
+    def shown(self, name):
+        """name as a message shows it: under the path given."""
+        return os.path.join(self.path, name)
+
+    def at(self, name):
+        """(name, dir_fd) as os.open and atomic_write take them."""
+        return (name, self.dir_fd) if self.dir_fd >= 0 else (self.shown(name), None)
+
+    def exists(self, name):
+        """Whether name exists in the held directory."""
+        try:
+            os.stat(self.at(name)[0], dir_fd=self.at(name)[1])
+            return True
+        except FileNotFoundError:
+            return False
+
+    def read(self, name):
+        """The bytes of name in the held directory."""
+        with open(self.at(name)[0], "rb", opener=lambda p, fl: os.open(p, fl, dir_fd=self.at(name)[1])) as f:
+            return f.read()
+
+
+def path_error(out, shown, e):
+    """An OSError met while making --out or its lock file, as one line: a full disk stays an OSError (exit 1), the rest bad input."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(e.errno, f"could not write {shown}: {e.strerror}; free some space and run the same command again")
+    return ValueError(f"--out {out} cannot be used as a run directory ({e.strerror}: {shown}); allowed: a directory "
+                      f"this user can create and write, each name in its path at most 255 bytes")
+
+
+def check_run_dir_contents(out):
+    """Refuse an --out that holds anything but a grok.py run directory, before anything is written there."""
+    # A directory with someone else's files (or `--out /`) would be trained into and overwritten;
+    # run files without config.json or checkpoint.pt (the files that say whose run it is) would be
+    # mixed into a new run, old snapshots beside new ones.
+    if not os.path.isdir(out):
+        return
+    names = os.listdir(out)
+    snaps = os.path.join(out, "snapshots")
+    inner = os.listdir(snaps) if os.path.isdir(snaps) else []
+    foreign = sorted(n for n in names if n not in RUN_DIR_NAMES and not TMP_NAME.match(n))
+    foreign += sorted(f"snapshots/{n}" for n in inner if not (SNAPSHOT_NAME.match(n) or TMP_NAME.match(n)))
+    if foreign:
+        raise ValueError(f"--out {out} holds files that are not a grok.py run's ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); allowed: a new or empty directory, or a run directory")
+    run_files = sorted(n for n in names if n in ("params.pt", "history.npz", "train_idx.npz", "snapshots"))
+    if run_files and not {"config.json", "checkpoint.pt"} & set(names):
+        raise ValueError(f"--out {out} holds run files ({', '.join(run_files)}) but no config.json or checkpoint.pt, "
+                         f"so nothing says whose run they are; delete them or use another --out")
+
+
 def lock_run_dir(out):
-    """Make out and take its lock, so that one process at a time writes there; returns the lock's file descriptor.
+    """Make out, open it, and take its lock, so that one process at a time writes there: a RunDir.
 
     The lock is the kernel's (flock): it goes away with the process that holds it, however that
-    process ends, so a writer that was killed leaves no lock behind.
+    process ends, so a writer that was killed leaves no lock behind (its temporary files, which
+    no other writer can own, are removed here).
     """
-    os.makedirs(out, exist_ok=True)
-    fd = os.open(os.path.join(out, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    if fcntl is None:
-        return fd
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise ValueError(f"{out} is being written by {holder}; wait for it to end, or use another --out") from None
+        check_run_dir_contents(out)
+        os.makedirs(out, exist_ok=True)
+        rd = RunDir(out, -1, os.open(out, os.O_RDONLY | os.O_DIRECTORY) if HAVE_DIR_FD else -1)
+    except OSError as e:
+        raise path_error(out, out, e) from None
+    try:
+        name, at = rd.at(".lock")
+        rd.lock_fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644, dir_fd=at)
+    except OSError as e:
+        close_run_dir(rd)
+        raise path_error(out, rd.shown(".lock"), e) from None
+    fd = rd.lock_fd
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            close_run_dir(rd)
+            raise ValueError(f"{out} is being written by {holder}; wait for it to end, or use another --out") from None
     before = os.pread(fd, 200, 0).decode(errors="replace").strip()
     if before:  # the previous writer ended without taking its name out: it was killed, or still is resumable
         print(f"note: the last writer of {out} ({before}) ended without finishing; resuming", flush=True)
+    for sub in ("", "snapshots"):
+        folder = rd.shown(sub) if sub else out
+        for n in (os.listdir(folder) if os.path.isdir(folder) else []):
+            if TMP_NAME.match(n):
+                name, at = rd.at(os.path.join(sub, n) if sub else n)
+                os.remove(name, dir_fd=at)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
-    return fd
+    return rd
 
 
-def unlock_run_dir(out, fd):
+def close_run_dir(rd):
+    """Close a RunDir's descriptors."""
+    for fd in (rd.lock_fd, rd.dir_fd):
+        if fd >= 0:
+            os.close(fd)
+
+
+def unlock_run_dir(rd):
     """Release the lock of lock_run_dir, marking that this writer ended cleanly."""
-    os.ftruncate(fd, 0)
-    os.close(fd)
+    os.ftruncate(rd.lock_fd, 0)
+    close_run_dir(rd)
 
 
-def open_run_dir(out, meta):
-    """Check that out holds this config (or nothing yet) and write config.json; True if it is already finished."""
-    cfg_path, ck_path = os.path.join(out, "config.json"), os.path.join(out, "checkpoint.pt")
+def check_held(rd):
+    """Raise (one line) if rd's path no longer names the directory this process locked: deleted, moved or replaced."""
+    if rd.dir_fd < 0:
+        return
+    held = os.fstat(rd.dir_fd)
+    try:
+        now = os.stat(rd.path)
+        same = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+    except OSError:
+        same = False
+    if not same:
+        raise ValueError(f"{rd.path} was deleted or replaced while this process was writing it; this process stops "
+                         f"and writes nothing more (whatever is at {rd.path} now is left alone)")
+
+
+def save_in(rd, name, obj, kind):
+    """Save obj as name inside the held run directory rd, atomically (kind: "json", "torch" or "npz")."""
+    check_held(rd)
+    path, at = rd.at(name)
+    dict(json=save_json, torch=save_torch, npz=save_npz)[kind](obj, path, at, rd.shown(name))
+
+
+def load_params_file(data, path, shapes, what_to_do):
+    """Stacked parameters (name -> [R, ...]) from the bytes of a params.pt, checked against the model's shapes."""
+    params = load_checked(path, lambda p: torch.load(io.BytesIO(data), map_location="cpu"), what_to_do)
+    if not isinstance(params, dict) or not all(torch.is_tensor(params.get(n)) for n in shapes):
+        raise ValueError(f"{path} holds no grok.py parameters; {what_to_do}")
+    for name, shape in shapes.items():
+        if tuple(params[name].shape[1:]) != shape:
+            raise ValueError(f"{path} holds parameters of another shape ({name} is {tuple(params[name].shape[1:])} "
+                             f"per run, this model needs {shape}); {what_to_do}")
+    return params
+
+
+def open_run_dir(rd, meta):
+    """Check that the held directory holds this config (or nothing yet) and write config.json; True if it is already finished."""
+    out = rd.path
     fix = f"delete {out} to start again, or use another --out"
-    if os.path.exists(cfg_path):
-        old = run_settings(load_json(cfg_path, fix))
-    elif os.path.exists(ck_path) or os.path.exists(os.path.join(out, "params.pt")):
+    if rd.exists("config.json"):
+        path = rd.shown("config.json")
+        old = run_settings(check_meta(load_checked(path, lambda p: json.loads(rd.read("config.json")), fix), path, fix))
+    elif rd.exists("checkpoint.pt") or rd.exists("params.pt"):
         # No config.json, but files of a run: only a checkpoint that records these very settings may go on.
-        old = load_checkpoint(ck_path, fix).get("settings", {}) if os.path.exists(ck_path) else {}
+        old = (load_checkpoint_bytes(rd.read("checkpoint.pt"), rd.shown("checkpoint.pt"), fix).get("settings", {})
+               if rd.exists("checkpoint.pt") else {})
         if old != run_settings(meta):
             raise ValueError(f"{out} holds run files of unknown or other settings and no config.json; {fix}")
-        print(f"note: {cfg_path} was missing; written again from the checkpoint's matching settings", flush=True)
+        print(f"note: {rd.shown('config.json')} was missing; written again from the checkpoint's matching settings",
+              flush=True)
     else:
         old = run_settings(meta)
     new = run_settings(meta)
@@ -578,37 +799,61 @@ def open_run_dir(out, meta):
     if differ:
         raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)} differ); "
                          f"use another --out or the same settings")
-    if not os.path.exists(cfg_path):
-        save_json(meta, cfg_path)
-    return os.path.exists(os.path.join(out, "params.pt"))
+    if not rd.exists("config.json"):
+        save_in(rd, "config.json", meta, "json")
+    if not rd.exists("params.pt"):
+        return False
+    # Finished: but only if params.pt is whole. A damaged one is named, and the run can finish again
+    # from its final checkpoint.
+    shapes = {n: tuple(meta["dims"][a] for a in axes) for n, axes in PARAM_SHAPES.items()}
+    again = (f"delete it and run the same command again (the run finishes again from its checkpoint)"
+             if rd.exists("checkpoint.pt") else fix)
+    params = load_params_file(rd.read("params.pt"), rd.shown("params.pt"), shapes, again)
+    if params["W_E"].shape[0] != len(meta["runs"]["seed"]):
+        raise ValueError(f"{rd.shown('params.pt')} holds {params['W_E'].shape[0]} runs, config.json "
+                         f"{len(meta['runs']['seed'])}; {again}")
+    return True
 
 
-def load_checkpoint(path, what_to_do):
-    """A checkpoint written by save_checkpoint, checked (one-line error if it is damaged)."""
-    ck = load_checked(path, lambda p: torch.load(p, map_location="cpu"), what_to_do)
+def load_checkpoint_bytes(data, path, what_to_do):
+    """A checkpoint written by save_checkpoint, from its bytes, checked (one-line error naming path if it is damaged)."""
+    ck = load_checked(path, lambda p: torch.load(io.BytesIO(data), map_location="cpu"), what_to_do)
     if not isinstance(ck, dict) or not {"params", "state", "hist", "epoch"} <= set(ck):
         raise ValueError(f"{path} is not a grok.py checkpoint; {what_to_do}")
     return ck
 
 
-def load_init(run_dir, seeds, shapes):
-    """Final parameters of a finished run for each of this config's runs; checks they fit this model.
+def load_checkpoint(path, what_to_do):
+    """A checkpoint file written by save_checkpoint, checked (one-line error if it is damaged)."""
+    data = load_checked(path, lambda p: open(p, "rb").read(), what_to_do)
+    return load_checkpoint_bytes(data, path, what_to_do)
+
+
+def load_init(run_dir, source, cfg, seeds, shapes):
+    """Final parameters of a finished run (source: its params.pt's bytes) for each of cfg's runs; checks they fit.
 
     A source with one run starts every run; a source with several runs (seeds) starts each run
     from the source run of the same seed, so an ungrokking sweep keeps each network's own seed.
+    The source must be a network for the same task, modulus and input format.
     """
     path = os.path.join(run_dir, "params.pt")
-    if not os.path.exists(path):
-        raise ValueError(f"--init-from {run_dir}: no params.pt there (is the run finished?)")
     fix = f"train the source again (rerun its grok.py command after deleting {path})"
-    src = load_checked(path, lambda p: torch.load(p, map_location="cpu"), fix)
-    if not isinstance(src, dict) or not torch.is_tensor(src.get("W_E")):
+    cfg_path = os.path.join(run_dir, "config.json")
+    src_meta = check_meta(load_json(cfg_path, fix), cfg_path, fix)
+    theirs = {k: src_meta["config"].get(k) for k in ("task", "p", "fmt")}
+    ours = dict(task=cfg.task, p=cfg.p, fmt=cfg.fmt)
+    if theirs != ours:
+        raise ValueError(f"--init-from {run_dir} is a network for {theirs['task']}, p={theirs['p']}, {theirs['fmt']} "
+                         f"format; this run is {cfg.task}, p={cfg.p}, {cfg.fmt} format: allowed, a source of the same "
+                         f"task, modulus and format")
+    src = load_params_file(source, path, {}, fix)
+    if not torch.is_tensor(src.get("W_E")):
         raise ValueError(f"{path} holds no grok.py parameters; {fix}")
     n_src = src["W_E"].shape[0]
     if n_src == 1:
         pick = [0] * len(seeds)
     else:
-        src_seeds = load_json(os.path.join(run_dir, "config.json"), fix)["runs"]["seed"]
+        src_seeds = src_meta["runs"]["seed"]
         missing = sorted(set(seeds) - set(src_seeds))
         if missing or len(set(src_seeds)) != n_src:
             raise ValueError(f"--init-from {run_dir} holds {n_src} runs with seeds {sorted(src_seeds)}; each run "
@@ -628,28 +873,30 @@ def load_init(run_dir, seeds, shapes):
     return out
 
 
-def initial_params(runs, dims, init_from):
-    """Every run's starting parameters, stacked on the run axis: fresh (by seed) or from --init-from."""
-    if init_from:
+def initial_params(cfg, runs, dims, source):
+    """Every run's starting parameters, stacked on the run axis: fresh (by seed) or from --init-from's bytes."""
+    if cfg.init_from:
         shapes = {n: tuple(dims[a] for a in axes) for n, axes in PARAM_SHAPES.items()}
-        return load_init(init_from, runs["seed"], shapes)
+        return load_init(cfg.init_from, source, cfg, runs["seed"], shapes)
     per_run = [init_params(dims, s) for s in runs["seed"]]
     return {n: torch.stack([p[n] for p in per_run]) for n in PARAM_SHAPES}
 
 
-def start_or_resume(out, settings, init, device):
+def start_or_resume(rd, settings, init, device):
     """Parameters, AdamW moments, history, stopped runs, first epoch and seconds trained so far.
 
-    Fresh from init (the stacked starting parameters), or from out's checkpoint, which is used
-    only if it records the same settings (config.json alone could have been replaced).
+    Fresh from init (the stacked starting parameters), or from the held directory's checkpoint,
+    which is used only if it records the same settings (config.json alone could have been replaced).
     """
+    out = rd.path
     params = {n: t.clone() for n, t in init.items()}
     state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}  # AdamW's m and v
     R = params["W_E"].shape[0]
     hist, stops, start, wall0 = new_history(), dict(epoch=[-1] * R, reason=[""] * R, first_pass=[-1] * R), 0, 0.0
-    ckpt_path = os.path.join(out, "checkpoint.pt")
-    if os.path.exists(ckpt_path):
-        ck = load_checkpoint(ckpt_path, f"delete it to train {out} again from the start, or use another --out")
+    ckpt_path = rd.shown("checkpoint.pt")
+    if rd.exists("checkpoint.pt"):
+        ck = load_checkpoint_bytes(rd.read("checkpoint.pt"), ckpt_path,
+                                   f"delete it to train {out} again from the start, or use another --out")
         if ck.get("settings", settings) != settings:
             raise ValueError(f"{ckpt_path} was written with other settings than {out}/config.json says; "
                              f"delete the directory or use another --out")
@@ -699,18 +946,23 @@ def snapshot_epochs(epochs, snapshots):
     return set(logs.tolist()) | {0, epochs}
 
 
-def save_checkpoint(out, params, state, hist, stops, epoch, wall_s, settings):
+def save_checkpoint(rd, params, state, hist, stops, epoch, wall_s, settings):
     """Everything needed to resume bit-identically (with the settings it belongs to), and the history so far."""
-    save_torch(dict(params={n: t.detach() for n, t in params.items()}, state=state, hist=hist, stops=stops,
-                    epoch=epoch, wall_s=wall_s, settings=settings), os.path.join(out, "checkpoint.pt"))
-    save_npz(history_arrays(hist, stops), os.path.join(out, "history.npz"))
+    save_in(rd, "checkpoint.pt", dict(params={n: t.detach() for n, t in params.items()}, state=state, hist=hist,
+                                      stops=stops, epoch=epoch, wall_s=wall_s, settings=settings), "torch")
+    save_in(rd, "history.npz", history_arrays(hist, stops), "npz")
 
 
-def save_snapshot(out, params, epoch):
+def save_snapshot(rd, params, epoch):
     """The parameters at one epoch, for analysis.py's curves over training."""
-    os.makedirs(os.path.join(out, "snapshots"), exist_ok=True)
-    save_torch({n: t.detach().cpu() for n, t in params.items()},
-               os.path.join(out, "snapshots", f"epoch_{epoch:08d}.pt"))
+    if not rd.exists("snapshots"):
+        name, at = rd.at("snapshots")
+        try:
+            os.mkdir(name, dir_fd=at)
+        except OSError as e:
+            raise OSError(e.errno, f"could not write {rd.shown('snapshots')}: {e.strerror}") from None
+    save_in(rd, os.path.join("snapshots", f"epoch_{epoch:08d}.pt"),
+            {n: t.detach().cpu() for n, t in params.items()}, "torch")
 
 
 def record(hist, epoch, wall_s, metrics):
@@ -734,7 +986,7 @@ class RunsDiverged(Exception):
     """Some runs went non-finite: they were frozen at their last finite state and the others finished."""
 
 
-def freeze_diverged(out, params, state, hist, stops, first_bad, init):
+def freeze_diverged(rd, params, state, hist, stops, first_bad, init):
     """Freeze each still-training run whose loss or parameters went non-finite; returns the runs frozen now.
 
     A frozen run keeps its last state known to be finite: the last checkpoint's, if its loss was
@@ -747,8 +999,8 @@ def freeze_diverged(out, params, state, hist, stops, first_bad, init):
     bad = [r for r in range(len(finite)) if stops["epoch"][r] < 0 and (first_bad[r] >= 0 or not finite[r])]
     if not bad:
         return []
-    ck_path = os.path.join(out, "checkpoint.pt")
-    ck = load_checkpoint(ck_path, "delete it and run again") if os.path.exists(ck_path) else None
+    ck = (load_checkpoint_bytes(rd.read("checkpoint.pt"), rd.shown("checkpoint.pt"), "delete it and run again")
+          if rd.exists("checkpoint.pt") else None)
     for r in bad:
         use_ck = ck is not None and (first_bad[r] < 0 or ck["epoch"] < first_bad[r])
         back = ck["epoch"] if use_ck else 0
@@ -897,27 +1149,29 @@ def train(cfg):
     # Everything is validated, and the --init-from source read, before the first byte is written.
     tokens, labels, runs, dims = describe(cfg)
     R, out = len(runs["seed"]), cfg.out
-    meta = run_meta(cfg, runs, dims, len(labels), device)
-    init = initial_params(runs, dims, cfg.init_from)
+    source = read_source(cfg.init_from)
+    meta = run_meta(cfg, runs, dims, len(labels), device, source)
+    init = initial_params(cfg, runs, dims, source)
     print(f"grok.py: {R} run(s) of {cfg.task} ({TASKS[cfg.task]}), p={cfg.p}, {cfg.fmt} format, "
           f"{len(labels)} pairs, on {device} ({torch.get_num_threads()} CPU threads)", flush=True)
-    lock = lock_run_dir(out)
+    rd = lock_run_dir(out)
     try:
-        if open_run_dir(out, meta):
+        if open_run_dir(rd, meta):
             print(f"{out} is already finished (params.pt exists); nothing to do", flush=True)
-            report_stops(out, stops_of_finished(out))
+            report_stops(out, stops_of_finished(rd))
             return out
-        train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device)
+        train_loop(cfg, rd, meta, tokens, labels, runs, dims, init, device)
     finally:
-        unlock_run_dir(out, lock)
+        unlock_run_dir(rd)
     return out
 
 
-def stops_of_finished(out):
+def stops_of_finished(rd):
     """The stopped runs recorded in a finished directory's history.npz."""
-    path = os.path.join(out, "history.npz")
-    h = load_checked(path, lambda p: dict(np.load(p)), f"delete {out} and train it again")
-    return dict(epoch=h.get("stop_epoch", np.array([])).tolist(), reason=h.get("stop_reason", np.array([])).tolist())
+    path = rd.shown("history.npz")
+    h = load_checked(path, lambda p: dict(np.load(io.BytesIO(rd.read("history.npz")))),
+                     f"delete {rd.path} and train it again")
+    return dict(epoch=np.asarray(h.get("stop_epoch", [])).tolist(), reason=np.asarray(h.get("stop_reason", [])).tolist())
 
 
 def report_stops(out, stops):
@@ -929,17 +1183,17 @@ def report_stops(out, stops):
                            f"at its last finite state and the others finished; history.npz has stop_epoch and stop_reason")
 
 
-def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
+def train_loop(cfg, rd, meta, tokens, labels, runs, dims, init, device):
     """The training loop over epochs: checkpoint, record, step; a run that stops (diverged, converged, --stop-acc) leaves the batch."""
     R, settings = len(runs["seed"]), run_settings(meta)
     # Data: each run's training subset (and labels) and test set, on the device.
     train_idx, test_idx, train_labels = run_splits(runs, labels, dims["n_out"], cfg.random_labels)
-    save_npz(dict(train_idx=train_idx, n_train=np.array(runs["n_train"]), train_labels=train_labels,
-                  test_idx=test_idx), os.path.join(out, "train_idx.npz"))
+    save_in(rd, "train_idx.npz", dict(train_idx=train_idx, n_train=np.array(runs["n_train"]),
+                                      train_labels=train_labels, test_idx=test_idx), "npz")
     train_set = eval_set(tokens, train_idx, torch.as_tensor(train_labels), device)
     test_set = eval_set(tokens, test_idx, labels[torch.as_tensor(np.maximum(test_idx, 0))], device)
 
-    params, state, hist, stops, start, wall0 = start_or_resume(out, settings, init, device)
+    params, state, hist, stops, start, wall0 = start_or_resume(rd, settings, init, device)
     records = record_epochs(cfg.epochs, cfg.log_every, cfg.log_points)
     snaps = snapshot_epochs(cfg.epochs, cfg.snapshots)
     first_bad = torch.full((R,), -1, dtype=torch.long, device=device)  # each run's first non-finite loss, on the device
@@ -953,13 +1207,13 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
         if batch is not None and (checkpoint or epoch in snaps or epoch in records):
             write_back(batch, params, state)
         if checkpoint:
-            if freeze_diverged(out, params, state, hist, stops, first_bad, init):
+            if freeze_diverged(rd, params, state, hist, stops, first_bad, init):
                 batch = None
             if epoch < cfg.epochs:  # the end is saved after the loop
-                save_checkpoint(out, params, state, hist, stops, epoch, wall(), settings)
+                save_checkpoint(rd, params, state, hist, stops, epoch, wall(), settings)
         if epoch in snaps:
-            save_snapshot(out, params, epoch)
-        if epoch in records:
+            save_snapshot(rd, params, epoch)
+        if epoch in records and not (hist["epoch"] and hist["epoch"][-1] >= epoch):  # a resumed end is recorded once
             (train_loss, train_acc), (test_loss, test_acc) = evaluate(params, train_set), evaluate(params, test_set)
             with torch.no_grad():  # the last epoch's loss is computed only here: it feeds the running flag too
                 training = torch.tensor([e < 0 for e in stops["epoch"]], device=device)
@@ -988,11 +1242,11 @@ def train_loop(cfg, out, meta, tokens, labels, runs, dims, init, device):
     if not any(e < 0 for e in stops["epoch"]):
         print(f"every run has stopped (converged, reached --stop-acc or diverged); stopping at epoch {epoch}", flush=True)
 
-    freeze_diverged(out, params, state, hist, stops, first_bad, init)
-    save_checkpoint(out, params, state, hist, stops, epoch, wall(), settings)
-    save_torch({n: t.detach().cpu() for n, t in params.items()}, os.path.join(out, "params.pt"))  # last: "finished"
-    print(f"done: {out} (epoch {epoch}, {time.perf_counter() - t0:.1f} s)", flush=True)
-    report_stops(out, stops)
+    freeze_diverged(rd, params, state, hist, stops, first_bad, init)
+    save_checkpoint(rd, params, state, hist, stops, epoch, wall(), settings)
+    save_in(rd, "params.pt", {n: t.detach().cpu() for n, t in params.items()}, "torch")  # last: "finished"
+    print(f"done: {rd.path} (epoch {epoch}, {time.perf_counter() - t0:.1f} s)", flush=True)
+    report_stops(rd.path, stops)
 
 
 # -----------------------------------------------------------------------------
@@ -1447,7 +1701,7 @@ def bench(cfg):
     R = len(runs["seed"])
     train_idx, test_idx, train_labels = run_splits(runs, labels, dims["n_out"], cfg.random_labels)
     test = eval_set(tokens, test_idx, labels[torch.as_tensor(np.maximum(test_idx, 0))], device)
-    params = {n: t.to(device) for n, t in initial_params(runs, dims, cfg.init_from).items()}  # --init-from: trained networks
+    params = {n: t.to(device) for n, t in initial_params(cfg, runs, dims, read_source(cfg.init_from)).items()}  # --init-from: trained networks
     if cfg.bench_impl == "reference":
         idx = torch.as_tensor(np.maximum(train_idx, 0))
         weight = torch.as_tensor((train_idx >= 0) / (train_idx >= 0).sum(1, keepdims=True), device=device)
@@ -1527,10 +1781,18 @@ def config_from_args(argv):
 
 def main(argv=None):
     """Entry point. Exit codes: 0 done, 1 a file could not be written, 2 bad input (or a directory
-    that cannot be used as asked), 3 some runs diverged (frozen; the others finished). Each error is one line."""
+    that cannot be used as asked), 3 some runs diverged (frozen; the others finished), 130 interrupted (Ctrl-C;
+    the same command resumes). Each error is one line."""
     keep_freed_memory()
+    cfg = None
     try:
-        train(config_from_args(argv))
+        cfg = config_from_args(argv)
+        train(cfg)
+    except KeyboardInterrupt:  # Ctrl-C: the last checkpoint is whole (every write is atomic)
+        where = f" in {cfg.out}" if cfg is not None else ""
+        print(f"error: interrupted; run the same command again to resume from the last checkpoint{where}",
+              file=sys.stderr)
+        sys.exit(130)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

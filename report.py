@@ -19,8 +19,10 @@ Launch commands:
 Tests: python -m pytest -q tests/test_report.py
 """
 import argparse
+import io
 import math
 import os
+import re
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -283,6 +285,33 @@ def spread_text(x, fmt="{:.2f}"):
 # from the same values, so results.md cannot say one thing while the code tests another.
 
 
+RUN_AGAIN = "delete it and run the reproduce.sh stage that writes it again"
+
+
+def read_toy_csv(csv_path):
+    """toy_sim.py's CSV of Fig. 2's curves, refused (one line naming it) if it is cut short or damaged."""
+    # toy_sim.py ends the file with "# end: N rows": a file cut anywhere lacks that line or those
+    # rows, and a verdict on part of the horizon could be anything.
+    try:
+        with open(csv_path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ValueError(f"{csv_path} cannot be read ({e.strerror}); {RUN_AGAIN}") from None
+    lines = text.splitlines()
+    end = re.fullmatch(r"# end: (\d+) rows", lines[-1]) if lines and text.endswith("\n") else None
+    body = [line for line in lines[1:] if line and not line.startswith("#")]
+    if end is None or int(end.group(1)) != len(body):
+        raise ValueError(f"{csv_path} is cut short ({len(body)} rows and no matching '# end: N rows' line); {RUN_AGAIN}")
+    try:
+        cols = np.genfromtxt(io.StringIO(text), delimiter=",", names=True, invalid_raise=True)
+    except ValueError as e:
+        raise ValueError(f"{csv_path} is damaged ({' '.join(str(e).split())[:200]}); {RUN_AGAIN}") from None
+    need = ["step"] + [f"{k}_{c}" for k in "abc" for c in ("train", "test")]
+    if cols.dtype.names is None or not set(need) <= set(cols.dtype.names) or cols.shape != (len(body),):
+        raise ValueError(f"{csv_path} is not toy_sim.py's Fig. 2 CSV (it needs columns {', '.join(need)}); {RUN_AGAIN}")
+    return cols
+
+
 def check_toy(csv_path, delay=5.0):
     """Fig. 2: grokking in the toy model needs all three ingredients (from toy_sim.py's CSV)."""
     # Fig. 2 captions: (a) "we observe grokking"; (b) "test loss stays high ... throughout training";
@@ -290,7 +319,7 @@ def check_toy(csv_path, delay=5.0):
     # peak is at least `delay` times that of train loss in (a), never comes in (b), and comes
     # within twice the train step in (c). The toy model is a deterministic simulation of App. C:
     # no seed, and it runs its whole horizon, so both requirements are met by construction.
-    cols = np.genfromtxt(csv_path, delimiter=",", names=True)
+    cols = read_toy_csv(csv_path)
 
     def half_peak(x):
         peak = int(np.argmax(x))
@@ -1163,7 +1192,7 @@ def verified_sources(folder, min_trig=0.95):
     eff = os.path.join(path_of(folder, "sources"), "efficiency.npz")
     if not os.path.exists(eff):
         return None, set()
-    trig = analysis.load_npz(eff)
+    trig = analysis.load_npz(eff, analysis.EFFICIENCY_KEYS, RUN_AGAIN)
     return trig, {int(s) for s, f in zip(trig["seed"], trig["trig_frac"]) if f > min_trig}
 
 
@@ -1216,7 +1245,7 @@ def section_efficiency(folder):
     out = []
     eff = os.path.join(path_of(folder, "efficiency"), "efficiency.npz")
     if os.path.exists(eff):
-        table = analysis.load_npz(eff)
+        table = analysis.load_npz(eff, analysis.EFFICIENCY_KEYS, RUN_AGAIN)
         rows = p1_rows(table)
         p1 = check_p1(rows)
         if p1["n_converged"] < p1["n_runs"]:  # the same fit on every run, converged or not: shown, not judged
@@ -1244,7 +1273,7 @@ def section_efficiency(folder):
     eff10 = os.path.join(path_of(folder, "efficiency_ungrok"), "efficiency.npz")
     if os.path.exists(eff10):
         # The same runs as P2 and P3: those whose source network passed its trig-share check.
-        eff, (trig, good) = analysis.load_npz(eff10), verified_sources(folder)
+        eff, (trig, good) = analysis.load_npz(eff10, analysis.EFFICIENCY_KEYS, RUN_AGAIN), verified_sources(folder)
         keep = np.isin(eff["seed"], sorted(good)) if trig is not None else np.ones(len(eff["seed"]), bool)
         v = check_fig10({k: (x[keep] if np.ndim(x) and len(x) == len(keep) else x) for k, x in eff.items()})
         left = "" if keep.all() else (f" Runs from source networks that failed the trig-share check are left out, as "
@@ -1379,6 +1408,20 @@ def summary_lines(rows, dcrit):
     return L + [""]
 
 
+def read_stage_times(path):
+    """reproduce.sh's stage_times.txt ("stage seconds" a line): the latest time of each stage, checked."""
+    last = {}
+    for i, line in enumerate(open(path), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise ValueError(f"{path} line {i} is {line.strip()!r}, not 'STAGE SECONDS'; delete the line or the file "
+                             f"(reproduce.sh writes it again)")
+        last[parts[0]] = int(parts[1])  # a stage run again: its latest time
+    return last
+
+
 def report_lines(folder, profile):
     """results.md for a reproduce.sh output folder: one section per claim, numbers from the saved runs."""
     L = [f"# Results of `./reproduce.sh {profile}`", "",
@@ -1387,7 +1430,7 @@ def report_lines(folder, profile):
          "convergence or seed requirement, or the data fell between its held and not-held rules.", ""]
     times = path_of(folder, "stage_times")
     if os.path.exists(times):
-        last = dict(line.split() for line in open(times) if line.strip())  # a stage run again: its latest time
+        last = read_stage_times(times)
         L += ["Stage times on this machine: " + ", ".join(f"{a} {int(b)} s" for a, b in last.items()), ""]
     rows = []
     for section in (section_toy, section_grokking, section_ungrok, section_efficiency, section_semi, section_fig8,
@@ -1444,6 +1487,9 @@ def main(argv=None):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a full disk or a read-only folder: the atomic writes leave nothing half-written
+        print(f"error: {analysis.one_line_os_error(e)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

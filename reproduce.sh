@@ -277,6 +277,19 @@ run_report() {  # the experiment figures and results.md: every claim's check, fr
 
 # ---- The pipeline
 if [ "$ONLY" != list ]; then
+  # OUT belongs to one profile: its name is kept in $OUT/.profile, so that another profile's finished
+  # stages are never skipped as done and reported under this profile's name.
+  if [ -e "$OUT" ] && [ ! -d "$OUT" ]; then
+    echo "error: OUT=$OUT is a file, not a directory; allowed: a directory (default out/$PROFILE)" >&2; exit 2
+  fi
+  mkdir -p "$OUT" 2>/dev/null || { echo "error: cannot create OUT=$OUT; allowed: a directory this user can write" >&2; exit 2; }
+  if [ -f "$OUT/.profile" ] && [ "$(cat "$OUT/.profile")" != "$PROFILE" ]; then
+    echo "error: OUT=$OUT holds the $(cat "$OUT/.profile") profile's runs; use another OUT for the $PROFILE profile" >&2; exit 2
+  fi
+  if [ ! -f "$OUT/.profile" ] && compgen -G "$OUT/.done_*" >/dev/null; then
+    echo "error: OUT=$OUT holds finished stages but no .profile saying whose; if they are the $PROFILE profile's, write $PROFILE into $OUT/.profile, else use another OUT" >&2; exit 2
+  fi
+  echo "$PROFILE" >"$OUT/.profile" 2>/dev/null || { echo "error: cannot write $OUT/.profile; allowed: a directory this user can write" >&2; exit 2; }
   LAYOUT=$($PY report.py --where all) || { echo "error: report.py --where all failed; is $PY's environment complete?" >&2; exit 1; }
 fi
 [ "$ONLY" = list ] && echo "stages of the $PROFILE profile:"

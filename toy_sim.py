@@ -432,31 +432,39 @@ def theorem_lines(res):
 
 
 def atomic_savefig(fig, path):
-    """Save a figure to path via a temp file in the same directory and os.replace."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
+    """Save a figure to path via a temp file in the same directory and os.replace (one-line OSError naming path)."""
     ext = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=ext)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format=ext[1:], dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; give the picture normal permissions
-        os.replace(tmp, path)
+        atomic_write_bytes(lambda f: fig.savefig(f, format=ext[1:], dpi=120), path)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def atomic_write_text(text, path):
-    """Write text to path via a temp file in the same directory and os.replace."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-    os.replace(tmp, path)
+    """Write text to path via a temp file in the same directory and os.replace (one-line OSError naming path)."""
+    atomic_write_bytes(lambda f: f.write(text.encode()), path)
+
+
+def atomic_write_bytes(write, path):
+    """Call write(f) on a temporary file beside path, then rename it to path; on any failure remove it.
+
+    An OSError (a full disk, a read-only or missing directory, an --out that is a directory)
+    comes out as one line that names path and the cause.
+    """
+    tmp = None
+    try:
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; give the output normal permissions
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def curves_csv(data):
@@ -466,7 +474,8 @@ def curves_csv(data):
     cols = [data["step"]] + [data[k][:, i] for i in range(len(data["names"])) for k in keys]
     body = np.column_stack(cols)
     rows = [",".join(header)] + [f"{int(r[0])}," + ",".join(f"{v:.6g}" for v in r[1:]) for r in body]
-    return "\n".join(rows) + "\n"
+    # The last line says how many rows there are, so that a reader can tell a whole file from a cut one.
+    return "\n".join(rows) + f"\n# end: {len(body)} rows\n"
 
 
 def plot_fig2(data, path):
@@ -645,3 +654,6 @@ if __name__ == "__main__":
     except ValueError as err:  # bad input: one line, no traceback, non-zero exit
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:  # an output that cannot be written: one line naming it
+        print(f"error: {err.strerror or err}", file=sys.stderr)
+        sys.exit(1)

@@ -354,13 +354,21 @@ def test_toy_held_and_not_held(tmp_path):
     # The same curves with preset (b) replaced by (a)'s: (b) now groks, so the claim must fail.
     text = csv.read_text().splitlines()
     head = text[0].split(",")
-    rows = [line.split(",") for line in text[1:]]
+    rows = [line.split(",") for line in text[1:-1]]
+    assert text[-1] == f"# end: {len(rows)} rows", text[-1]
     for k in ("train", "test"):
         a, b = head.index(f"a_{k}"), head.index(f"b_{k}")
         for r in rows:
             r[b] = r[a]
-    csv.write_text("\n".join([",".join(head)] + [",".join(r) for r in rows]) + "\n")
+    csv.write_text("\n".join([",".join(head)] + [",".join(r) for r in rows] + [text[-1]]) + "\n")
     assert report.check_toy(str(csv))["outcome"] == "not held"
+    # Cut short (the first 3000 steps, or in the middle of a line): refused, one line naming the file.
+    whole = csv.read_text()
+    for cut in ("\n".join(whole.splitlines()[:3001]) + "\n", whole[:len(whole) // 2]):
+        csv.write_text(cut)
+        with pytest.raises(ValueError) as e:
+            report.check_toy(str(csv))
+        assert str(csv) in str(e.value) and "cut short" in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize("held, enough, converged, failed, want", [

@@ -141,3 +141,21 @@ def test_long_profile_ungrokking_levels_are_the_verdicts_levels():
     long_block = text[text.index('if [ "$PROFILE" = long ]'):]
     spec = re.search(r"UNGROK_LEVELS=([0-9.,]+)", long_block).group(1)
     assert tuple(float(x) for x in spec.split(",")) == report.VERDICT_LEVELS, spec
+
+
+def test_an_output_folder_belongs_to_one_profile(tmp_path):
+    # A folder of another profile's runs, or of finished stages that do not say whose: refused in one
+    # line before any stage is skipped as done; nothing in it changes.
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / ".profile").write_text("tiny\n")
+    (out / ".done_fig2").write_text("")
+    code, log = repro(out, "quick", "report")
+    assert code == 2 and "holds the tiny profile's runs" in log and log.count("\n") == 1, log
+    os.remove(out / ".profile")
+    code, log = repro(out, "quick", "report")
+    assert code == 2 and "no .profile saying whose" in log and log.count("\n") == 1, log
+    assert sorted(os.listdir(out)) == [".done_fig2"], os.listdir(out)
+    (tmp_path / "file").write_text("x")
+    code, log = repro(tmp_path / "file", "tiny", "fig2")
+    assert code == 2 and "is a file, not a directory" in log and log.count("\n") == 1, log

@@ -125,15 +125,14 @@ def test_second_writer_is_refused_while_the_first_runs(tmp_path):
         first.kill()
         first.wait()
     # The first writer was killed: its lock died with it; the next writer says so and goes on.
-    fd = grok.lock_run_dir(str(out))
-    grok.unlock_run_dir(str(out), fd)
+    grok.unlock_run_dir(grok.lock_run_dir(str(out)))
 
 
 def test_dead_writer_is_reported(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / ".lock").write_text("process 999999 on elsewhere")  # a writer that was killed: no kernel lock remains
-    grok.unlock_run_dir(str(out), grok.lock_run_dir(str(out)))
+    grok.unlock_run_dir(grok.lock_run_dir(str(out)))
     note = capsys.readouterr().out
     assert "the last writer of" in note and "process 999999 on elsewhere" in note, note
     grok.train(small_cfg(out, epochs=3))
@@ -313,3 +312,345 @@ def test_analysis_refuses_a_directory_whose_runs_all_diverged(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "analysis.py"), str(tmp_path / "run"), "--final-only",
                         "--out", str(tmp_path / "a")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "every run diverged" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+# -----------------------------------------------------------------------------
+# 7. A directory that moves under a writer, a source that changes as a run starts, a full disk in
+# torch's writer, damaged or foreign files, interrupts and bad values: each refused in one line,
+# with a directory the corrected command can use
+
+
+def main_err(argv, capsys):
+    """grok.main in this process, expected to fail: (exit code, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        grok.main(argv)
+    return e.value.code, capsys.readouterr().err
+
+
+def same_params(a, b):
+    """Whether two params.pt files hold bit-identical parameters."""
+    a, b = torch.load(a), torch.load(b)
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deleted_running_directory_never_mixes_two_runs(tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "grok.py"),
+                              *small_flags(out, "--epochs", "100000", "--ckpt-every", "200")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (out / "checkpoint.pt").exists():
+            time.sleep(0.1)
+        import shutil
+        shutil.rmtree(out)
+        grok.train(small_cfg(out, wd="0.3"))  # a second run takes the path while the first still trains
+        _, err = first.communicate(timeout=60)  # the first stops at its next write
+    finally:
+        first.kill()
+        first.wait()
+    # Stopped at its next write: named (exit 2), or, if the path was taken between that check and
+    # the write, its write into the deleted directory fails (exit 1). Never a write into the new run.
+    assert (first.returncode == 2 and "was deleted or replaced while this process was writing it" in err
+            or first.returncode == 1 and "No such file" in err) and err.count("\n") == 1, err
+    grok.train(small_cfg(tmp_path / "alone", wd="0.3"))
+    assert json.load(open(out / "config.json"))["runs"]["wd"] == [0.3]
+    assert same_params(out / "params.pt", tmp_path / "alone" / "params.pt"), "the two runs were mixed"
+    assert np.load(out / "history.npz")["epoch"].tolist() == np.load(tmp_path / "alone" / "history.npz")["epoch"].tolist()
+
+
+def test_init_source_is_hashed_and_loaded_from_one_read(tmp_path, monkeypatch):
+    import hashlib
+    import shutil
+    grok.train(small_cfg(tmp_path / "A", train="1.0", epochs=5))
+    grok.train(small_cfg(tmp_path / "B", train="1.0", epochs=5, seeds="1"))
+    shutil.copytree(tmp_path / "A", tmp_path / "src")
+    real = grok.read_source
+
+    def read_then_replace(init_from):  # the source replaced by another network right after it was read
+        data = real(init_from)
+        shutil.copy(tmp_path / "B" / "params.pt", tmp_path / "src" / "params.pt")
+        return data
+    monkeypatch.setattr(grok, "read_source", read_then_replace)
+    grok.train(small_cfg(tmp_path / "run", init_from=str(tmp_path / "src"), snapshots=2, epochs=4))
+    a = open(tmp_path / "A" / "params.pt", "rb").read()
+    assert json.load(open(tmp_path / "run" / "config.json"))["init_sha256"] == hashlib.sha256(a).hexdigest()
+    start, want = torch.load(tmp_path / "run" / "snapshots" / "epoch_00000000.pt"), torch.load(tmp_path / "A" / "params.pt")
+    assert all(torch.equal(start[k], want[k]) for k in want), "the run started from another network than it records"
+
+
+def unshare_script(script):
+    """Run a shell script as root in its own mount namespace (tmpfs mounts vanish with it); None if not allowed."""
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True, text=True) if shutil_which("unshare") else None
+    if probe is None or probe.returncode != 0:
+        return None
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=ROOT)
+
+
+def shutil_which(name):
+    import shutil
+    return shutil.which(name)
+
+
+def test_full_disk_inside_torch_save_on_a_real_small_filesystem(tmp_path):
+    # A 300 kB tmpfs: the checkpoint (about 120 kB, with its temporary copy beside the old one) fills
+    # it inside torch.save. Then the same filesystem with room again: the same command finishes.
+    # Also analysis.py, toy_sim.py and report.py writing to a full disk, and grok.py on a read-only
+    # mount and on a disk too full for the lock file.
+    F, py = tmp_path / "F", sys.executable
+    F.mkdir()
+    flags = " ".join(small_flags(F / "r", "--p", "23", "--train", "100", "--epochs", "200", "--ckpt-every", "50"))
+    script = f"""
+mount -t tmpfs -o size=300k tmpfs {F}
+{py} grok.py {flags} >/dev/null 2>{tmp_path}/e1; echo "grok $?"
+echo "tmp $(find {F} -name '*.tmp*' | wc -l)"
+mount -o remount,size=20m {F}
+{py} grok.py {flags} >/dev/null 2>{tmp_path}/e2; echo "again $?"
+test -f {F}/r/params.pt && echo finished
+{py} -c "import numpy; e = numpy.load('{F}/r/history.npz')['epoch'].tolist(); print('records', len(e), len(set(e)))"
+dd if=/dev/zero of={F}/fill bs=4k count=100000 2>/dev/null
+{py} analysis.py {F}/r --final-only --out {F}/a >/dev/null 2>{tmp_path}/e3; echo "analysis $?"
+{py} toy_sim.py --steps 2000 --out {F}/toy.png --csv >/dev/null 2>{tmp_path}/e4; echo "toy $?"
+echo "toy_tmp $(find {F} -name '*.tmp*' | wc -l)"
+umount {F}; mount -t tmpfs -o size=64k,nr_inodes=2 tmpfs {F}
+{py} grok.py {" ".join(small_flags(F / "s"))} >/dev/null 2>{tmp_path}/e5; echo "lock $?"
+umount {F}; mount -t tmpfs -o ro tmpfs {F}
+{py} grok.py {" ".join(small_flags(F / "s"))} >/dev/null 2>{tmp_path}/e6; echo "ro $?"
+"""
+    r = unshare_script(script)
+    if r is None:
+        pytest.skip("no unprivileged mount namespace here (unshare -rm): no real small filesystem to fill")
+    got = dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
+    err = {i: (tmp_path / f"e{i}").read_text() for i in range(1, 7)}
+    assert got.get("grok") == "1" and err[1].startswith("error: could not write") and "No space left" in err[1] \
+        and err[1].count("\n") == 1, (r.stdout, r.stderr, err[1])
+    assert got.get("tmp") == "0" and got.get("again") == "0" and "finished" in r.stdout, (r.stdout, err[2])
+    n, distinct = got["records"].split()
+    assert n == distinct, f"history.npz repeats a record: {got['records']}"
+    for i, name in ((3, "analysis"), (4, "toy")):
+        assert got.get(name) == "1" and err[i].startswith("error: could not write") and err[i].count("\n") == 1, \
+            (name, r.stdout, err[i])
+    assert got.get("toy_tmp") == "0", "toy_sim.py left a temporary file on the full disk"
+    assert got.get("lock") == "1" and str(F / "s") in err[5] and err[5].count("\n") == 1, (r.stdout, err[5])
+    assert got.get("ro") == "2" and str(F / "s") in err[6] and err[6].count("\n") == 1, (r.stdout, err[6])
+
+
+def test_finished_directory_with_a_damaged_params_file_is_not_finished(tmp_path, capsys):
+    out = tmp_path / "run"
+    grok.train(small_cfg(out))
+    truncate(out / "params.pt")
+    code, err = main_err(small_flags(out), capsys)
+    assert code == 2 and f"{out / 'params.pt'} is damaged" in err and "delete it and run the same command again" in err \
+        and err.count("\n") == 1, err
+    os.remove(out / "params.pt")  # as it says: the run finishes again from its final checkpoint
+    grok.train(small_cfg(out))
+    grok.train(small_cfg(tmp_path / "whole"))
+    assert same_params(out / "params.pt", tmp_path / "whole" / "params.pt")
+    e, whole = np.load(out / "history.npz")["epoch"].tolist(), np.load(tmp_path / "whole" / "history.npz")["epoch"].tolist()
+    assert e == whole, f"the resumed end recorded {e[-3:]} against {whole[-3:]}"
+
+
+@pytest.mark.parametrize("setup", ["foreign file", "run files without config", "foreign snapshot"])
+def test_a_directory_that_is_not_a_run_directory_is_refused(tmp_path, capsys, setup):
+    out = tmp_path / "dir"
+    if setup == "foreign file":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    else:
+        grok.train(small_cfg(out, snapshots=3))
+        if setup == "run files without config":
+            for f in ("config.json", "checkpoint.pt", "params.pt"):
+                os.remove(out / f)
+        else:
+            (out / "snapshots" / "README").write_text("mine")
+    before = {f: open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(out) for f in fs}
+    code, err = main_err(small_flags(out, "--wd", "0.5"), capsys)
+    assert code == 2 and str(out) in err and err.count("\n") == 1, err
+    after = {f: open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(out) for f in fs}
+    assert before == after, "a refused command changed the directory"
+    with pytest.raises(ValueError, match="not a grok.py run's"):
+        grok.check_run_dir_contents("/")  # --out / holds a system's files: refused before any write
+    grok.train(small_cfg(tmp_path / "new", wd="0.5"))  # the corrected command: a new directory
+
+
+def test_stale_temporary_files_are_removed_by_the_next_writer(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    killed_at(small_cfg(out, snapshots=3), 15, monkeypatch)
+    (out / "checkpoint.pt.tmp12345").write_bytes(b"x" * 1000)  # as a SIGKILL during a write leaves them
+    (out / "snapshots" / "epoch_00000030.pt.tmp999").write_bytes(b"x")
+    grok.train(small_cfg(out, snapshots=3))
+    assert not leftovers(out) and (out / "params.pt").exists(), leftovers(out)
+
+
+def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
+    import signal
+    out = tmp_path / "run"
+    flags = small_flags(out, "--epochs", "1000", "--ckpt-every", "100")
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "grok.py"), *flags], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    if p.returncode == 0:
+        pytest.skip("the run finished before the interrupt arrived")
+    assert p.returncode == 130 and "interrupted; run the same command again to resume" in err \
+        and err.count("\n") == 1, err
+    assert cli(*flags)[0] == 0
+    assert cli(*small_flags(tmp_path / "whole", "--epochs", "1000", "--ckpt-every", "100"))[0] == 0
+    assert same_params(out / "params.pt", tmp_path / "whole" / "params.pt")
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(threads=-1), "--threads must be >= 0"),
+    (dict(seeds="0,5-3"), "range '5-3' runs downwards"),
+    (dict(seeds="0,0"), "--seeds names 0 more than once"),
+    (dict(train="40,40"), "--train names 40 more than once"),
+    (dict(d_model=10 ** 9), "GiB available"),
+])
+def test_bad_values_are_refused_before_anything_is_written(tmp_path, kw, message):
+    with pytest.raises(ValueError) as e:
+        grok.train(small_cfg(tmp_path / "run", **kw))
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_memory_check_counts_the_parameters(monkeypatch):
+    # 2000 runs of a wide model: one copy of the parameters is about 4.4 GB, which the estimate
+    # must see (it used to count only the data and the activations: 21 MB).
+    cfg = grok.Config(p=11, train="10", seeds="0-1999", d_model=1024, d_mlp=8, device="cpu", out="unused")
+    dims = dict(d_vocab=13, n_ctx=4, n_out=11, d_model=1024, n_heads=4, d_head=32, d_mlp=8)
+    brute = sum(t.numel() for t in grok.init_params(dims, 0).values())
+    assert grok.param_count(dims) == brute, (grok.param_count(dims), brute)
+    monkeypatch.setattr(grok, "available_memory", lambda: 8 * 2 ** 30)
+    with pytest.raises(ValueError, match="parameters a run"):
+        grok.describe(cfg)
+
+
+def test_init_from_a_network_of_another_task_is_refused(tmp_path):
+    grok.train(small_cfg(tmp_path / "div", task="div", train="1.0", epochs=3))
+    with pytest.raises(ValueError) as e:
+        grok.train(small_cfg(tmp_path / "run", init_from=str(tmp_path / "div")))
+    assert "is a network for div" in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text", ["{}", "[]", '{"config": 5}'])
+def test_config_json_of_the_wrong_shape_is_one_line(tmp_path, capsys, text):
+    out = tmp_path / "run"
+    grok.train(small_cfg(out))
+    (out / "config.json").write_text(text)
+    code, err = main_err(small_flags(out), capsys)
+    assert code == 2 and "is not a grok.py config.json" in err and err.count("\n") == 1, err
+    code, err = analysis_err([str(out), "--final-only", "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "is not a grok.py config.json" in err and err.count("\n") == 1, err
+
+
+def test_path_errors_name_the_path(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file" / "sub", tmp_path / ("n" * 300)):
+        code, err = main_err(small_flags(out), capsys)
+        assert code == 2 and str(out)[:60] in err and err.count("\n") == 1, err
+
+
+# -----------------------------------------------------------------------------
+# analysis.py and report.py: foreign, missing or malformed inputs, one line each
+
+
+def analysis_err(argv, capsys):
+    """analysis.main in this process, expected to fail: (exit code, stderr)."""
+    import analysis
+    with pytest.raises(SystemExit) as e:
+        analysis.main(argv)
+    return e.value.code, capsys.readouterr().err
+
+
+def test_analysis_refuses_a_foreign_split(tmp_path, capsys):
+    import shutil
+    grok.train(small_cfg(tmp_path / "a", train="60"))
+    grok.train(small_cfg(tmp_path / "b", train="60", seeds="1"))
+    shutil.copy(tmp_path / "a" / "train_idx.npz", tmp_path / "keep.npz")
+    shutil.copy(tmp_path / "b" / "train_idx.npz", tmp_path / "a" / "train_idx.npz")  # another seed's pairs
+    code, err = analysis_err([str(tmp_path / "a"), "--final-only", "--out", str(tmp_path / "an")], capsys)
+    assert code == 2 and f"{tmp_path / 'a' / 'train_idx.npz'} is not this run's split" in err and err.count("\n") == 1, err
+    shutil.copy(tmp_path / "keep.npz", tmp_path / "a" / "train_idx.npz")
+    import analysis
+    analysis.main([str(tmp_path / "a"), "--final-only", "--out", str(tmp_path / "an")])  # its own split: analysed
+
+
+def test_a_missing_snapshot_is_named_and_the_advice_works(tmp_path, capsys):
+    import analysis
+    out = tmp_path / "run"
+    grok.train(small_cfg(out, train="60", snapshots=4))
+    os.remove(out / "snapshots" / "epoch_00000003.pt")
+    code, err = analysis_err([str(out), "--out", str(tmp_path / "an")], capsys)
+    assert code == 2 and "lacks the snapshot(s) of epoch 3" in err and "--final-only" in err and err.count("\n") == 1, err
+    analysis.main([str(out), "--final-only", "--out", str(tmp_path / "an")])  # the first way it offers
+    import shutil
+    shutil.rmtree(out)  # the second: train it again
+    grok.train(small_cfg(out, train="60", snapshots=4))
+    analysis.main([str(out), "--out", str(tmp_path / "an2")])
+    assert len(np.load(tmp_path / "an2" / "progress.npz")["epoch"]) == len(grok.snapshot_epochs(30, 4))
+
+
+def test_analysis_refuses_a_directory_given_twice(tmp_path, capsys):
+    grok.train(small_cfg(tmp_path / "d", train="60"))
+    code, err = analysis_err(["--efficiency", str(tmp_path / "d"), str(tmp_path / "d") + "/", "--out",
+                              str(tmp_path / "e")], capsys)
+    assert code == 2 and "is given more than once" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize("which", ["history", "progress", "efficiency"])
+def test_npz_files_with_the_wrong_keys_are_one_line(tmp_path, capsys, which):
+    import analysis
+    import report
+    out = tmp_path / "run"
+    grok.train(small_cfg(out, train="60", snapshots=3))
+    if which == "history":
+        np.savez(out / "history.npz", epoch=np.arange(3))
+        code, err = analysis_err([str(out), "--out", str(tmp_path / "an")], capsys)
+        path = out / "history.npz"
+    elif which == "progress":
+        analysis.main([str(out), "--out", str(tmp_path / "an")])
+        capsys.readouterr()
+        np.savez(tmp_path / "an" / "progress.npz", runs=np.arange(1))
+        code, err = analysis_err([str(out), "--out", str(tmp_path / "an"), "--replot"], capsys)
+        path = tmp_path / "an" / "progress.npz"
+    else:
+        np.savez(tmp_path / "efficiency.npz", seed=np.arange(2))
+        with pytest.raises(ValueError) as e:
+            analysis.load_npz(str(tmp_path / "efficiency.npz"), analysis.EFFICIENCY_KEYS, report.RUN_AGAIN)
+        code, err, path = 2, f"error: {e.value}\n", tmp_path / "efficiency.npz"
+    assert code == 2 and err.startswith(f"error: {path} lacks") and err.count("\n") == 1, err
+
+
+def test_analysis_toy_sim_and_report_name_an_unwritable_output(tmp_path, capsys):
+    import analysis
+    import report
+    import toy_sim
+    grok.train(small_cfg(tmp_path / "run", train="60"))
+    (tmp_path / "file").write_text("x")
+    code, err = analysis_err([str(tmp_path / "run"), "--final-only", "--out", str(tmp_path / "file" / "a")], capsys)
+    assert code == 1 and str(tmp_path / "file") in err and err.count("\n") == 1, err
+    with pytest.raises(OSError) as e:
+        toy_sim.atomic_write_text("x", str(tmp_path / "file" / "toy.csv"))
+    assert str(tmp_path / "file" / "toy.csv") in e.value.strerror and "\n" not in e.value.strerror
+    folder = tmp_path / "out"
+    (folder / "results.md").mkdir(parents=True)  # results.md cannot be written: a directory is in its place
+    with pytest.raises(SystemExit) as e:
+        report.main([str(folder)])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "results.md" in err and err.count("\n") == 1, err
+
+
+def test_a_bad_stage_times_line_names_the_file(tmp_path):
+    import report
+    (tmp_path / "stage_times.txt").write_text("fig2 12\nfig1a abc\n")
+    with pytest.raises(ValueError) as e:
+        report.read_stage_times(str(tmp_path / "stage_times.txt"))
+    assert f"{tmp_path / 'stage_times.txt'} line 2" in str(e.value) and "\n" not in str(e.value), str(e.value)
+    (tmp_path / "stage_times.txt").write_text("fig2 12\nfig2 14\n")
+    assert report.read_stage_times(str(tmp_path / "stage_times.txt")) == {"fig2": 14}
