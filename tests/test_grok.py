@@ -302,7 +302,7 @@ def test_batch_losses_and_gradients_equal_forward_run_by_run(device):
     tokens, labels, runs, dims = grok.describe(cfg)
     R = len(runs["seed"])
     train_idx, _, train_labels = grok.run_splits(runs, labels, dims["n_out"], False)
-    params = {n: t.to(device, torch.float64) for n, t in grok.initial_params(runs, dims, "").items()}
+    params = {n: t.to(device, torch.float64) for n, t in grok.initial_params(cfg, runs, dims, None).items()}
     state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}
     batch = grok.make_batch(params, state, runs, tokens, train_idx, train_labels, 50, torch.device(device), list(range(R)))
     assert len(batch["runs_per_group"]) == 4 and batch["order"].tolist() != list(range(R))
@@ -712,3 +712,22 @@ def test_converged_runs_leave_the_batch_and_the_rest_train_as_alone(tmp_path):
     assert np.ptp(frozen) == 0, "a stopped run must not move"
 
 
+
+
+def test_textbook_loop_follows_the_sweep_loop(tmp_path):
+    # One run two ways: train_textbook (forward at every position, cross_entropy, autograd,
+    # adamw_step) and the sweep loop (forward_last, the batch, fused AdamW). The same records and
+    # final parameters, to float32 rounding.
+    cfg = small_cfg(tmp_path / "run", epochs=60, train="60", wd="1.0")
+    grok.train(cfg)
+    params, rec = grok.train_textbook(cfg, eval_every=10)
+    h = np.load(tmp_path / "run" / "history.npz")
+    at = np.isin(h["epoch"], rec["epoch"])
+    assert h["epoch"][at].tolist() == rec["epoch"].tolist(), (h["epoch"], rec["epoch"])
+    for k in ("train_loss", "test_loss"):
+        rel = np.max(np.abs(h[k][0][at] - rec[k]) / rec[k])
+        assert rel < 1e-4, f"{k}: textbook and sweep loops differ by {rel:.2e} (relative)"
+    assert np.array_equal(h["test_acc"][0][at], rec["test_acc"]) or np.max(np.abs(h["test_acc"][0][at] - rec["test_acc"])) <= 1 / 61
+    final = torch.load(tmp_path / "run" / "params.pt")
+    err = max((final[k] - params[k]).abs().max().item() for k in final)
+    assert err < 1e-4, f"final parameters differ by {err:.2e}"
