@@ -109,15 +109,21 @@ def test_disk_full_is_one_line_on_the_command_line(tmp_path):
 # 2. Two processes on one --out: the second is refused and names the first
 
 
+def background_writer(out, ckpt_every, until):
+    """A long grok.py run on out in another process, returned once out/until exists."""
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "grok.py"),
+                              *small_flags(out, "--epochs", "100000", "--ckpt-every", str(ckpt_every))],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / until).exists():
+        time.sleep(0.1)
+    return first
+
+
 def test_second_writer_is_refused_while_the_first_runs(tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "grok.py"),
-                              *small_flags(out, "--epochs", "100000", "--ckpt-every", "1000")],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = background_writer(out, 1000, "train_idx.npz")
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not (out / "train_idx.npz").exists():
-            time.sleep(0.2)
         code, _, err = cli(*small_flags(out, "--seeds", "1", "--wd", "0.5"))
         assert code == 2 and f"is being written by process {first.pid}" in err and err.count("\n") == 1, err
         assert json.load(open(out / "config.json"))["runs"]["seed"] == [0], "the second writer changed config.json"
@@ -335,13 +341,8 @@ def same_params(a, b):
 
 def test_deleted_running_directory_never_mixes_two_runs(tmp_path):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "grok.py"),
-                              *small_flags(out, "--epochs", "100000", "--ckpt-every", "200")],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = background_writer(out, 200, "checkpoint.pt")
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not (out / "checkpoint.pt").exists():
-            time.sleep(0.1)
         import shutil
         shutil.rmtree(out)
         grok.train(small_cfg(out, wd="0.3"))  # a second run takes the path while the first still trains
