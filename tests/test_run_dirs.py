@@ -9,6 +9,7 @@ Run: python -m pytest -q tests/test_run_dirs.py
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -343,7 +344,6 @@ def test_deleted_running_directory_never_mixes_two_runs(tmp_path):
     out = tmp_path / "run"
     first = background_writer(out, 200, "checkpoint.pt")
     try:
-        import shutil
         shutil.rmtree(out)
         grok.train(small_cfg(out, wd="0.3"))  # a second run takes the path while the first still trains
         _, err = first.communicate(timeout=60)  # the first stops at its next write
@@ -362,7 +362,6 @@ def test_deleted_running_directory_never_mixes_two_runs(tmp_path):
 
 def test_init_source_is_hashed_and_loaded_from_one_read(tmp_path, monkeypatch):
     import hashlib
-    import shutil
     grok.train(small_cfg(tmp_path / "A", train="1.0", epochs=5))
     grok.train(small_cfg(tmp_path / "B", train="1.0", epochs=5, seeds="1"))
     shutil.copytree(tmp_path / "A", tmp_path / "src")
@@ -383,15 +382,10 @@ def test_init_source_is_hashed_and_loaded_from_one_read(tmp_path, monkeypatch):
 def unshare_script(script):
     """Run a shell script as root in its own mount namespace (tmpfs mounts vanish with it); None if not allowed."""
     probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
-                           capture_output=True, text=True) if shutil_which("unshare") else None
+                           capture_output=True, text=True) if shutil.which("unshare") else None
     if probe is None or probe.returncode != 0:
         return None
     return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=ROOT)
-
-
-def shutil_which(name):
-    import shutil
-    return shutil.which(name)
 
 
 def test_full_disk_inside_torch_save_on_a_real_small_filesystem(tmp_path):
@@ -569,7 +563,6 @@ def analysis_err(argv, capsys):
 
 
 def test_analysis_refuses_a_foreign_split(tmp_path, capsys):
-    import shutil
     grok.train(small_cfg(tmp_path / "a", train="60"))
     grok.train(small_cfg(tmp_path / "b", train="60", seeds="1"))
     shutil.copy(tmp_path / "a" / "train_idx.npz", tmp_path / "keep.npz")
@@ -589,7 +582,6 @@ def test_a_missing_snapshot_is_named_and_the_advice_works(tmp_path, capsys):
     code, err = analysis_err([str(out), "--out", str(tmp_path / "an")], capsys)
     assert code == 2 and "lacks the snapshot(s) of epoch 3" in err and "--final-only" in err and err.count("\n") == 1, err
     analysis.main([str(out), "--final-only", "--out", str(tmp_path / "an")])  # the first way it offers
-    import shutil
     shutil.rmtree(out)  # the second: train it again
     grok.train(small_cfg(out, train="60", snapshots=4))
     analysis.main([str(out), "--out", str(tmp_path / "an2")])
