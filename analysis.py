@@ -638,16 +638,6 @@ def fig3_triples(table, min_trig=0.95):
                 n_dropped=np.array(int((~table["random_labels"] & ~gen).sum())), min_trig=np.array(min_trig))
 
 
-def norm_elasticity(logit, norm, D):
-    """Least squares log P = a + b log o + c log D over positive triples: (b, c, points used; nan if too few)."""
-    ok = (logit > 0) & (norm > 0) & (D > 0)
-    X = np.stack([np.ones(int(ok.sum())), np.log(logit[ok]), np.log(D[ok])], axis=1)  # [n, 3]
-    if ok.sum() < 4 or np.linalg.matrix_rank(X) < 3:  # needs two logits and two sizes, one point spare
-        return float("nan"), float("nan"), int(ok.sum())
-    coef = np.linalg.lstsq(X, np.log(norm[ok]), rcond=None)[0]
-    return float(coef[1]), float(coef[2]), int(ok.sum())
-
-
 def geometric_buckets(values, n):
     """Bucket positive values into n geometric buckets: (bucket per value, -1 if not positive; edges [n+1])."""
     pos = values[values > 0]

@@ -87,7 +87,7 @@ class Config:
     converge_acc: float = 0.005  # passes when the accuracy the claims read (test; train for random labels) moved by at most this ...
     converge_loss: float = 0.05  # ... its loss (the circuit mix moves it while accuracy is flat) by at most this in log, ~5% ...
     converge_norm: float = 0.005  # ... and the parameter norm (what P1 reads) by at most this in log, all over the window
-    converge_levels: str = ""  # comma list: accuracy passes when the window's records all lie on one side of each level, in place of --converge-acc (P2, P3 read only that side)
+    converge_levels: str = ""  # comma list: accuracy passes when the window's records lie on one side of each level and out of reach of it, in place of --converge-acc (P2, P3 read only that side)
     converge_train_on: bool = False  # a run that passes trains on, the test only recorded (semi-grokking: Fig. 6's plateau precedes its rise)
     out: str = "runs/default"  # run directory
     device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
@@ -1043,16 +1043,19 @@ def window_movement(epochs, x, now, window):
     return medians.max(axis=1) - medians.min(axis=1)
 
 
-def window_straddles(epochs, x, now, window, levels):
-    """How many of the levels the records of x [R, T] in the trailing window straddle: [R], nan if they do not span it."""
+def window_straddles(epochs, x, now, window, levels, margin=0.0):
+    """How many of the levels the records of x [R, T] in the trailing window straddle or come within margin of: [R], nan if they do not span it."""
     # The brackets of P2, P3 and D_crit read only on which side of their levels a run's final
     # accuracy lies ("the test accuracy at convergence", Sec. 5.2), so a run that moves within one
     # side changes no verdict, and one record across a level does: every record counts, not medians.
+    # A side is only settled if the level is out of reach: a record within `margin` of a level
+    # counts as on it (convergence_movements sets the margin).
     epochs, x = np.asarray(epochs), np.asarray(x)
     if len(epochs) == 0 or epochs[0] > now - window:
         return np.full(len(x), np.nan)
     inside = x[:, (epochs > now - window) & (epochs <= now)]  # [R, records in the window]
-    return sum(((inside < lv).any(axis=1) & (inside >= lv).any(axis=1)).astype(float) for lv in levels)
+    return sum((((inside < lv).any(axis=1) & (inside >= lv).any(axis=1)) | (np.abs(inside - lv) <= margin).any(axis=1))
+               .astype(float) for lv in levels)
 
 
 # The test reads functions of the network, not its coordinates: with AdamW each coordinate keeps
@@ -1077,7 +1080,11 @@ def convergence_movements(cfg, hist, epoch):
         # example's right class has probability > 0.99 and no claim reads the difference, almost none.
         acc = stack(f"{which}_acc")
         levels = parse_list(cfg.converge_levels, float, "converge-levels") if cfg.converge_levels else []
-        sides = torch.from_numpy(window_straddles(hist["epoch"], acc, epoch, cfg.converge_window, levels)
+        # The reach: without levels the test lets accuracy move up to converge_acc per window, so a
+        # run trained on for as long again as it has trained (the false-convergence check's horizon)
+        # may move converge_acc * epoch / window; a level nearer than that is not a settled side.
+        reach = cfg.converge_acc * epoch / cfg.converge_window
+        sides = torch.from_numpy(window_straddles(hist["epoch"], acc, epoch, cfg.converge_window, levels, reach)
                                  if levels else np.full(R, np.nan))
         return dict(move_acc=move(acc), move_loss=move(np.log(stack(f"{which}_loss") + 0.01)),
                     move_norm=move(np.log(stack("param_norm"))), move_levels=sides)
@@ -1119,7 +1126,7 @@ def note_converged(hist, stops, cfg, epoch):
             stops["first_pass"][r] = epoch
         if good and stops["epoch"][r] < 0 and not cfg.converge_train_on:
             stops["epoch"][r] = epoch
-            side = f" (on one side of each of {cfg.converge_levels})" if cfg.converge_levels else ""
+            side = f" (on one side of each of {cfg.converge_levels}, out of reach)" if cfg.converge_levels else ""
             stops["reason"][r] = (f"converged: over epochs {epoch - cfg.converge_window}-{epoch} accuracy moved "
                                   f"{last['move_acc'][r]:.4f}{side}, log loss {last['move_loss'][r]:.4f}, log norm "
                                   f"{last['move_norm'][r]:.5f} (limits {cfg.converge_acc:g}, {cfg.converge_loss:g}, "

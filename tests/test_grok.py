@@ -659,6 +659,27 @@ def test_converge_levels_judges_accuracy_by_its_side_of_each_level():
     assert grok.converged_at_end(h, saved).tolist() == [False, True, True, True]
 
 
+
+def test_converge_levels_need_the_level_out_of_reach_for_as_long_again():
+    # A run settled near a level has not settled its side: trained on, a drift the accuracy limit
+    # allows (converge_acc per window) can carry it across. So a record within converge_acc *
+    # epoch / window of a level counts as on it, and that reach grows with the run's age.
+    levels = (0.2, 0.5, 0.7, 0.9)
+    epochs = np.arange(0, 8001, 100)
+    x = np.stack([np.full(len(epochs), v) for v in (0.915, 0.93, 0.892, 0.6)])  # [4, T]
+    cfg = grok.Config(converge_window=2000, converge_acc=0.005, converge_loss=0.05, converge_norm=0.005,
+                      converge_levels="0.2,0.5,0.7,0.9")
+    hist = {"epoch": epochs.tolist(), "test_acc": [torch.tensor(x[:, t]) for t in range(len(epochs))],
+            "test_loss": [torch.full((4,), 0.5, dtype=torch.float64) for _ in epochs],
+            "param_norm": [torch.full((4,), 30.0, dtype=torch.float64) for _ in epochs]}
+    for now, want_pass in ((4000, [True, True, False, True]), (8000, [False, True, False, True])):
+        reach = 0.005 * now / 2000  # 0.01 at epoch 4000, 0.02 at 8000
+        inside = x[:, (epochs > now - 2000) & (epochs <= now)]
+        want = [sum(min(row) < lv <= max(row) or min(abs(row - lv)) <= reach for lv in levels) for row in inside]
+        moves = grok.convergence_movements(cfg, hist, now)
+        assert moves["move_levels"].tolist() == want, (now, moves["move_levels"], want)
+        assert grok.passes_convergence(moves, cfg).tolist() == want_pass, now
+
 CONVERGE = dict(converge_window=60, converge_acc=0.05, converge_loss=0.1, converge_norm=0.006, epochs=300,
                 log_every=5, ckpt_every=50, lr="3e-3", train="80")
 

@@ -200,16 +200,33 @@ def efficiency(c_mem, c_gen, seeds=(0, 1, 2, 3, 4), mem_converged=True, mem_fit=
 
 def test_per_seed_fit_recovers_the_exponent_with_a_t_interval():
     rows = report.p1_rows(efficiency(0.3, 0.0))
-    c, lo, hi, n_s, n = report.per_seed_fit(rows["mem"])
-    assert n_s == 5 and n == 30 and abs(c - 0.3) < 0.02 and lo <= 0.3 <= hi, (c, lo, hi)
-    # The interval by hand: each seed's least-squares c, then mean +- t_{0.95, 4} sd / sqrt(5).
+    c, lo, hi, n_s, n, b = report.per_seed_fit(rows["mem"])
+    assert n_s == 5 and n == 30 and abs(c - 0.3) < 0.02 and lo <= 0.3 <= hi and abs(b - 0.5) < 0.05, (c, lo, hi, b)
+    # By hand, as one least-squares problem: log P on an intercept per (seed, D) group and log o
+    # gives b (the within-group slope); each seed's c is the slope of its groups' intercepts over
+    # log D; then mean +- t_{0.95, 4} sd / sqrt(5).
+    m = rows["mem"]
+    groups = sorted(set(zip(m["seed"].tolist(), m["D"].tolist())))
+    X = np.stack([((m["seed"] == g[0]) & (m["D"] == g[1])).astype(float) for g in groups] + [np.log(m["logit"])], 1)
+    coef = np.linalg.lstsq(X, np.log(m["norm"]), rcond=None)[0]  # [groups + 1]
+    assert abs(coef[-1] - b) < 1e-10, (coef[-1], b)
     cs = []
     for s in range(5):
-        at = rows["mem"]["seed"] == s
-        X = np.stack([np.ones(at.sum()), np.log(rows["mem"]["logit"][at]), np.log(rows["mem"]["D"][at])], 1)
-        cs.append(np.linalg.lstsq(X, np.log(rows["mem"]["norm"][at]), rcond=None)[0][2])
+        pts = [(np.log(g[1]), coef[i]) for i, g in enumerate(groups) if g[0] == s]
+        A = np.stack([np.ones(len(pts)), [p[0] for p in pts]], 1)
+        cs.append(np.linalg.lstsq(A, np.array([p[1] for p in pts]), rcond=None)[0][1])
     half = 2.132 * np.std(cs, ddof=1) / np.sqrt(5)
-    assert abs(lo - (np.mean(cs) - half)) < 1e-12 and abs(hi - (np.mean(cs) + half)) < 1e-12, (lo, hi, cs)
+    err = max(abs(lo - (np.mean(cs) - half)), abs(hi - (np.mean(cs) + half)))
+    assert err < 1e-10, f"the interval differs from the one by hand by {err:.2e} ({lo}, {hi}, {cs})"
+
+
+def test_per_seed_fit_needs_one_run_per_size_and_seed():
+    # b comes from every stripe, so a seed with a single run at each of two sizes still gives its
+    # c_s; a seed seen at one size only does not.
+    m = report.p1_rows(efficiency(0.3, 0.0))["mem"]
+    keep = ~((m["seed"] == 0) & (m["logit"] > 8)) & ~((m["seed"] == 1) & (m["D"] != 200))
+    cs, n, b = report.per_seed_cs({k: v[keep] for k, v in m.items()})
+    assert len(cs) == 4 and abs(cs - 0.3).max() < 0.03 and abs(b - 0.5) < 0.05, (cs, b)
 
 
 def test_p1_held_not_held_inconclusive():
