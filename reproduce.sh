@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # reproduce.sh: the paper's figures and a results report, from a fresh clone.
 #
-#   ./reproduce.sh                  quick profile: about 39 min on a 2-core CPU, no GPU (stage times in README.md)
+#   ./reproduce.sh                  quick profile: about 33 min on a 2-core CPU, no GPU (stage times in README.md)
 #   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, 129 min)
 #   ./reproduce.sh paper            paper profile: one GPU, the paper's sizes as far as one GPU allows
 #   ./reproduce.sh quick fig4       one stage of a profile (stages are named after the figures)
@@ -111,7 +111,7 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
   # stops at 0.99 test accuracy (--stop-acc), the event the check reads; records every 25 epochs.
   WD_TRAIN=1000 WD_WDS=0,0.5,1,2,4 WD_SEEDS=0-2 WD_EPOCHS=3000 WD_LOG_EVERY=25 WD_MODEL="--p 41"
   LOG_EVERY=100 CONVERGE_WINDOW=2000   # 20 records, 5 a quarter; 2 weight-decay time constants 1/(lr wd) at wd 1
-  EXPECT_fig2=13 EXPECT_fig1a=433 EXPECT_fig4=492 EXPECT_fig5=679 EXPECT_fig3=253 EXPECT_fig8=158 EXPECT_wd=228 EXPECT_report=10
+  EXPECT_fig2=11 EXPECT_fig1a=455 EXPECT_fig4=394 EXPECT_fig5=480 EXPECT_fig3=177 EXPECT_fig8=140 EXPECT_wd=251 EXPECT_report=11
   if [ "$PROFILE" = long ]; then  # grids and budgets from the probes in README.md
     # Ungrokking at p=41 moves in units of lr*wd*epochs, and near the transition it was still
     # moving after 14000 epochs at wd 3. At wd 20 the networks no longer fit their training set
@@ -125,8 +125,11 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
     # weight decay, and a network near a grid point can leave a curve undecided.
     # The brackets read only which side of their levels a converged run's accuracy lies on, so the
     # accuracy condition is that side (--converge-levels) rather than a movement of 0.005: a run
-    # settled at 0.6 that still wanders by 0.01 changes no verdict. The loss and norm conditions
-    # stay, and false convergence counts any crossing of a level after a run passed.
+    # settled at 0.6 that still wanders by 0.01 changes no verdict. A side counts only with the level
+    # out of reach of the drift the plain test allows (0.005 per window) over as long again as the
+    # run has trained: a run that passed 0.010 above 0.9 at epoch 7800 was 0.003 below it by 16000.
+    # The loss and norm conditions stay, and false convergence counts any crossing of a level after
+    # a run passed.
     # Sources trained twice as long: their trig share still rises after 2000 epochs (a probe of seeds
     # 0-3 on all 1681 pairs at wd 1: seed 3 at 0.960 by epoch 2301 and 0.971 by 4000, the others
     # 0.98-0.99), and a source must pass the > 95% check to be used. 200 s for the four.
