@@ -2,7 +2,7 @@
 # reproduce.sh: the paper's figures and a results report, from a fresh clone.
 #
 #   ./reproduce.sh                  quick profile: about 33 min on a 2-core CPU, no GPU (stage times in README.md)
-#   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, 129 min)
+#   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, about 2 h)
 #   ./reproduce.sh paper            paper profile: one GPU, the paper's sizes as far as one GPU allows
 #   ./reproduce.sh quick fig4       one stage of a profile (stages are named after the figures)
 #   ./reproduce.sh quick list       the stages, with what each one runs
@@ -136,16 +136,20 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
     FULL_SEEDS=0-3 FULL_EPOCHS=4000
     UNGROK_SIZES=115,130,150,170,200,230,265,300,345 UNGROK_WDS=5,10 UNGROK_EPOCHS=16000
     UNGROK_TRAIN_ON=1 UNGROK_LEVELS=0.2,0.5,0.7,0.9
-    SCRATCH_SIZES=600,700,800,1000 SCRATCH_SEEDS=0-2 SCRATCH_EPOCHS=8000   # 12 runs, each to its budget
+    # From scratch, 12 runs to the quick profile's budget: P4 needs 99 converged runs (report.py's
+    # p4_runs_needed), out of any CPU profile's reach, and the grokking check is met by 5000 epochs.
+    SCRATCH_SIZES=600,700,800,1000 SCRATCH_SEEDS=0-2 SCRATCH_EPOCHS=5000
     # P1, 5 seeds of each circuit. C_mem at wd 3 and 5: random-label networks at wd 1-2 were still
     # shrinking their norm by 0.005 (log) per 3000 epochs at epoch 12000; at wd 5 they passed by 7000.
-    # C_gen at D = 1000 and 1200 (the 0.7 crossing from scratch lies in 600-800), the same two wds:
-    # a probe at wd 3 generalised by epoch 3000 and passed the test near 5500.
     MEM_SIZES=200,400 MEM_WDS=3,5 MEM_SEEDS=0-4 MEM_EPOCHS=12000
-    # Eight C_gen seeds: at 7000 epochs 4 of 5 seeds per D had a run with > 95% of its logit norm^2
-    # trigonometric, so five seeds leave P1's 5-seed minimum to chance; eight meet it at both D with
-    # a probability of about 0.9 at that rate.
-    GEN_SIZES=1000,1200 GEN_WDS=3,5 GEN_SEEDS=0-7 GEN_EPOCHS=7000
+    # C_gen at D = 800 and 1600, a factor 2 (c_s is a slope over log D: at 1000 and 1200 its spread
+    # over seeds was 0.18-0.21, twice P1's margin), the same two weight decays. Probes at wd 3 and 5,
+    # seeds 0-2: at D = 800 every run generalised with > 95% of its logit norm^2 trigonometric
+    # (0.953-0.994), 4 of 6 passed the test by 7000 epochs; at 1600 all passed by 5400, and 3 of 6 were
+    # above 95% trig (the others 0.91-0.93, both runs of seed 1 among them). So a seed fits (a
+    # qualifying run at both sizes) with a probability of about 0.6, and ten seeds give P1's five
+    # with a probability of about 0.8.
+    GEN_SIZES=800,1600 GEN_WDS=3,5 GEN_SEEDS=0-9 GEN_EPOCHS=8000
     # A 3000-epoch window is 15 weight-decay time constants at wd 5 (30 at wd 10): the drift that a
     # probe's run showed after passing a 2000-epoch window at wd 3 (0.023 over 4600 epochs, 14 time
     # constants) fails it. Random-label and C_gen networks at wd 3-5 see 9-15 time constants.
@@ -153,7 +157,7 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
     # Time to grok: the quick profile's grid, at p=41. 15 batched runs at p=113 would take most of an
     # hour here, and more seeds or a longer budget at p=41 would take the profile past 2 hours.
     LOG_EVERY=150 CONVERGE_WINDOW=3000   # 20 records, 5 a quarter
-    EXPECT_fig2=14 EXPECT_fig1a=443 EXPECT_fig4=3393 EXPECT_fig5=839 EXPECT_fig3=2539 EXPECT_fig8=196 EXPECT_wd=259 EXPECT_report=11
+    EXPECT_fig2=14 EXPECT_fig1a=443 EXPECT_fig4=3393 EXPECT_fig5=0 EXPECT_fig3=0 EXPECT_fig8=196 EXPECT_wd=259 EXPECT_report=11
   fi
 else  # paper: one GPU, the paper's p=113 and grids
   SMALL=""
