@@ -673,7 +673,7 @@ def seeds_to_train(q, k, need=2, want=5, prob=0.9, most=1000):
     binom = lambda n, j, x: math.comb(n, j) * x ** j * (1 - x) ** (n - j)
     per_seed = sum(binom(k, j, q) for j in range(need, k + 1))
     for N in range(want, most + 1):
-        if sum(binom(N, j, per_seed) for j in range(want, N + 1)) >= prob:
+        if 1 - sum(binom(N, j, per_seed) for j in range(want)) >= prob:  # P(>= want) from its complement
             return N, per_seed
     return math.inf, per_seed
 

@@ -443,6 +443,7 @@ def test_false_convergence_measures_runs_trained_on_after_passing():
     assert report.false_convergence(run) is None
 
 
+@pytest.mark.slow
 def test_false_convergence_on_real_runs_trained_on_after_passing(tmp_path):
     # Small real networks (p=11) train on after passing the stop's test, to twice the epoch they
     # passed at, and report.false_convergence reads how far they moved. The accuracy the verdicts
@@ -452,7 +453,7 @@ def test_false_convergence_on_real_runs_trained_on_after_passing(tmp_path):
     # tolerance must have passed with such a turn inside its window: the norm's highest point from
     # e - window to 2e (lowest, if it rose) lies in the window before e.
     W = 600
-    cfg = grok.Config(task="add", p=11, train="80", seeds="0-3", wd="3", lr="3e-3", epochs=6000, log_every=30,
+    cfg = grok.Config(task="add", p=11, train="80", seeds="0-3", wd="6", lr="3e-3", epochs=3000, log_every=30,
                       log_points=5, print_every=10**6, ckpt_every=10**6, out=str(tmp_path / "on"), device="cpu",
                       threads=1, d_model=32, n_heads=4, d_head=8, d_mlp=64, converge_window=W, converge_acc=0.05,
                       converge_loss=0.1, converge_norm=0.01, converge_train_on=True)

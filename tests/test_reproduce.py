@@ -14,6 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import report  # noqa: E402
+from conftest import repro_env  # noqa: E402  the environment the background pipeline runs under too
 
 
 # -----------------------------------------------------------------------------
@@ -22,15 +23,15 @@ import report  # noqa: E402
 
 def repro(out, *args):
     """Run reproduce.sh with this interpreter; return (exit code, stdout + stderr)."""
-    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, THREADS="1")
-    r = subprocess.run(["bash", os.path.join(ROOT, "reproduce.sh"), *args], capture_output=True, text=True, env=env)
+    r = subprocess.run(["bash", os.path.join(ROOT, "reproduce.sh"), *args], capture_output=True, text=True,
+                       env=repro_env(out))
     return r.returncode, r.stdout + r.stderr
 
 
 @pytest.fixture(scope="module")
-def tiny_shared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    code, log = repro(out, "tiny")
+def tiny_shared(tiny_pipeline):
+    """The tiny profile's output, from the run conftest.py started when the tests were collected."""
+    out, code, log = tiny_pipeline
     assert code == 0, log
     return out, log
 
@@ -74,33 +75,31 @@ def test_second_run_skips_finished_stages(tiny):
 @pytest.mark.slow
 def test_interrupted_stage_resumes_from_checkpoints(tiny):
     out, _ = tiny
-    # As if killed during the fig4 stage: the second sweep has a checkpoint but no params.pt,
-    # and the stage's last file (Fig. 10) and its done marker were never written.
-    (out / "fig10_logit_ratio.png").unlink()
-    (out / ".done_fig4").unlink()
-    (out / "runs" / "ungrok" / "params.pt").unlink()
-    code, log = repro(out, "tiny", "fig4")
+    # As if killed during the fig8 stage (two sweeps, the second from the first's networks): the
+    # second sweep has a checkpoint but no params.pt, and the stage's done marker was never written.
+    (out / ".done_fig8").unlink()
+    (out / "runs" / "ungrok_div" / "params.pt").unlink()
+    code, log = repro(out, "tiny", "fig8")
     assert code == 0, log
-    stage_log = (out / "logs" / "fig4.log").read_text()
-    assert "resuming" in stage_log and "already finished" in stage_log, stage_log[-2000:]
-    assert (out / "fig10_logit_ratio.png").exists()
+    stage_log = (out / "logs" / "fig8.log").read_text()
+    assert "already finished" in stage_log and "resuming" in stage_log, stage_log[-2000:]
+    assert (out / "runs" / "ungrok_div" / "params.pt").exists() and (out / ".done_fig8").exists()
 
 
 @pytest.mark.slow
 def test_failing_command_inside_a_stage_fails_the_stage(tiny):
     out, _ = tiny
-    # The ungrokking sweep's directory now holds other settings: its grok.py command fails midway
-    # through the stage, after the source networks' command succeeded. The stage, and the script, must fail,
+    # The second sweep's directory now holds other settings: its grok.py command fails midway
+    # through the stage, after the first command succeeded. The stage, and the script, must fail,
     # and the stage must not be marked done.
-    (out / "fig10_logit_ratio.png").unlink()
-    (out / ".done_fig4").unlink()
-    cfg = out / "runs" / "ungrok" / "config.json"
+    (out / ".done_fig8").unlink()
+    cfg = out / "runs" / "ungrok_div" / "config.json"
     saved = json.loads(cfg.read_text())
     saved["runs"]["lr"] = [0.5 for _ in saved["runs"]["lr"]]
     cfg.write_text(json.dumps(saved))
-    code, log = repro(out, "tiny", "fig4")
-    assert code == 1 and "stage 'fig4' failed" in log, log
-    assert not (out / "fig10_logit_ratio.png").exists() and not (out / ".done_fig4").exists()
+    code, log = repro(out, "tiny", "fig8")
+    assert code == 1 and "stage 'fig8' failed" in log, log
+    assert "already finished" in (out / "logs" / "fig8.log").read_text() and not (out / ".done_fig8").exists()
 
 
 def test_failed_stage_names_itself_and_its_log(tmp_path):

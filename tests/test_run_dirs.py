@@ -221,10 +221,10 @@ def test_train_1e3_is_a_count():
     assert grok.train_size("1e3", 12769) == 1000 and grok.train_size("0.1", 100) == 10
 
 
-def test_out_that_is_a_file_or_empty(tmp_path):
+def test_out_that_is_a_file_or_empty(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     for out, message in ((tmp_path / "file", "is a file, not a directory"), ("", "--out is empty")):
-        code, _, err = cli(*small_flags(out))
+        code, err = main_err(small_flags(out), capsys)
         assert code == 2 and message in err and err.count("\n") == 1, err
 
 
@@ -239,10 +239,10 @@ def truncate(path, keep=0.5):
 
 
 @pytest.mark.parametrize("name", ["config.json", "checkpoint.pt"])
-def test_truncated_run_file_is_one_line(tmp_path, monkeypatch, name):
+def test_truncated_run_file_is_one_line(tmp_path, monkeypatch, capsys, name):
     killed_at(small_cfg(tmp_path / "run"), 15, monkeypatch)
     truncate(tmp_path / "run" / name)
-    code, _, err = cli(*small_flags(tmp_path / "run"))
+    code, err = main_err(small_flags(tmp_path / "run"), capsys)
     assert code == 2 and err.startswith(f"error: {tmp_path / 'run' / name} is damaged") and err.count("\n") == 1, err
 
 
@@ -269,17 +269,17 @@ def test_non_finite_init_source_is_refused(tmp_path):
 # 6. Divergence: frozen per run at its last finite state, never "finished" with a NaN
 
 
-def test_divergence_at_the_last_epoch(tmp_path):
+def test_divergence_at_the_last_epoch(tmp_path, capsys):
     # At lr 100 this small model's loss is first non-finite at epoch 3: the last epoch, which is never stepped.
     out = tmp_path / "run"
-    code, _, err = cli(*small_flags(out, "--epochs", "3", "--lr", "100"))
+    code, err = main_err(small_flags(out, "--epochs", "3", "--lr", "100"), capsys)
     assert code == 3 and "1 of 1 run(s)" in err and "diverged" in err and err.count("\n") == 1, err
     h = np.load(out / "history.npz")
     assert h["stop_epoch"][0] == 0 and str(h["stop_reason"][0]).startswith("diverged")
     params = torch.load(out / "params.pt")
     assert all(torch.isfinite(v).all() for v in params.values()), "a finished run holds non-finite parameters"
     assert "non-finite loss at epoch 3" in str(h["stop_reason"][0]), h["stop_reason"]
-    code, _, err = cli(*small_flags(out, "--epochs", "3", "--lr", "100"))  # asked again: the same answer, no work
+    code, err = main_err(small_flags(out, "--epochs", "3", "--lr", "100"), capsys)  # asked again: the same answer, no work
     assert code == 3 and "diverged" in err
 
 
@@ -302,23 +302,28 @@ def test_one_diverging_run_in_a_batch_leaves_the_others_alone(tmp_path):
 # analysis.py reads the same files: a damaged one is one line naming it
 
 
+def analysis_err(argv, capsys):
+    """analysis.main in this process, expected to fail: (exit code, stderr)."""
+    import analysis
+    with pytest.raises(SystemExit) as e:
+        analysis.main(argv)
+    return e.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["history.npz", "train_idx.npz", "params.pt", "snapshots/epoch_00000030.pt",
                                   "config.json"])
-def test_analysis_names_a_damaged_file(tmp_path, name):
+def test_analysis_names_a_damaged_file(tmp_path, name, capsys):
     grok.train(small_cfg(tmp_path / "run", train="60", snapshots=3))
     truncate(tmp_path / "run" / name)
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "analysis.py"), str(tmp_path / "run"), "--out",
-                        str(tmp_path / "a")], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and r.stderr.startswith(f"error: {tmp_path / 'run' / name} is damaged") \
-        and r.stderr.count("\n") == 1, r.stderr
+    code, err = analysis_err([str(tmp_path / "run"), "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'run' / name} is damaged") and err.count("\n") == 1, err
 
 
-def test_analysis_refuses_a_directory_whose_runs_all_diverged(tmp_path):
+def test_analysis_refuses_a_directory_whose_runs_all_diverged(tmp_path, capsys):
     with pytest.raises(grok.RunsDiverged):
         grok.train(small_cfg(tmp_path / "run", epochs=3, lr="100"))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "analysis.py"), str(tmp_path / "run"), "--final-only",
-                        "--out", str(tmp_path / "a")], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and "every run diverged" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    code, err = analysis_err([str(tmp_path / "run"), "--final-only", "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "every run diverged" in err and err.count("\n") == 1, err
 
 
 # -----------------------------------------------------------------------------
@@ -388,6 +393,7 @@ def unshare_script(script):
     return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_full_disk_inside_torch_save_on_a_real_small_filesystem(tmp_path):
     # A 300 kB tmpfs: the checkpoint (about 120 kB, with its temporary copy beside the old one) fills
     # it inside torch.save. Then the same filesystem with room again: the same command finishes.
@@ -478,10 +484,11 @@ def test_stale_temporary_files_are_removed_by_the_next_writer(tmp_path, monkeypa
     assert not leftovers(out) and (out / "params.pt").exists(), leftovers(out)
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
     import signal
     out = tmp_path / "run"
-    flags = small_flags(out, "--epochs", "1000", "--ckpt-every", "100")
+    flags = small_flags(out, "--epochs", "400", "--ckpt-every", "100")
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, "grok.py"), *flags], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -493,8 +500,8 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
         pytest.skip("the run finished before the interrupt arrived")
     assert p.returncode == 130 and "interrupted; run the same command again to resume" in err \
         and err.count("\n") == 1, err
-    grok.train(small_cfg(out, epochs=1000, ckpt_every=100))  # the same settings resume it
-    grok.train(small_cfg(tmp_path / "whole", epochs=1000, ckpt_every=100))
+    grok.train(small_cfg(out, epochs=400, ckpt_every=100))  # the same settings resume it
+    grok.train(small_cfg(tmp_path / "whole", epochs=400, ckpt_every=100))
     assert same_params(out / "params.pt", tmp_path / "whole" / "params.pt")
 
 
