@@ -619,11 +619,11 @@ def per_seed_cs(rows):
     """c_s, the slope over log D of a seed's stripe intercepts a_{s,D} = mean(log P - b log o): (c_s [S], points used, b)."""
     # The seed is the independent unit: each seed's runs at two or more sizes give one c_s, and a
     # t-interval over the seeds' c_s is valid for the number of seeds there are (a bootstrap over
-    # 3-5 seeds is not). b is one number per circuit, from every stripe (stripe_slope). (It was a
-    # separate b_s per seed, fitted with a_s and c_s from the seed's own runs, before any run of
-    # the profile that now judges it; changed because it needs every one of a seed's four runs to
-    # qualify and leaves b_s to two weight-decay contrasts whose logits differ by a few per cent,
-    # and an error in b_s enters c_s through the logit's difference between sizes.)
+    # 3-5 seeds is not). b is one number per circuit, from every stripe (stripe_slope). (Changed,
+    # before the long profile's present grid ran, from a b_s fitted per seed with a_s and c_s: that
+    # fit needs every one of a seed's four runs to qualify, leaves b_s to two weight-decay contrasts
+    # whose logits differ by a few per cent, and passes an error in b_s into c_s through the
+    # logit's difference between sizes. The reason is the fit's conditioning, not a verdict.)
     ok = (rows["logit"] > 0) & (rows["norm"] > 0) & (rows["D"] > 0)
     rows = {k: np.asarray(v)[ok] for k, v in rows.items()}
     b = stripe_slope(rows)

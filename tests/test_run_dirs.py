@@ -302,14 +302,6 @@ def test_one_diverging_run_in_a_batch_leaves_the_others_alone(tmp_path):
 # analysis.py reads the same files: a damaged one is one line naming it
 
 
-def analysis_err(argv, capsys):
-    """analysis.main in this process, expected to fail: (exit code, stderr)."""
-    import analysis
-    with pytest.raises(SystemExit) as e:
-        analysis.main(argv)
-    return e.value.code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("name", ["history.npz", "train_idx.npz", "params.pt", "snapshots/epoch_00000030.pt",
                                   "config.json"])
 def test_analysis_names_a_damaged_file(tmp_path, name, capsys):
