@@ -300,10 +300,10 @@ def loss_acc(Zf, idx, labels):
 
 def margins(Zf, idx, labels):
     """Correct logit minus the best wrong logit for each input in idx: [n] (> 0 exactly when top-1 is right)."""
-    # The blog note "Four explanations for grokking": "softmax classifiers ... route through a
-    # top-1 argmax, so logits that are evolving continuously map onto a piecewise-constant accuracy
-    # curve that flips once the right logit crosses its competitor." The margin is that crossing,
-    # measured before the threshold.
+    # The blog note "Four explanations for Grokking" (its author unnamed): "softmax classifiers
+    # ... route through a top-1 argmax, so logits that are evolving continuously map onto a
+    # piecewise-constant accuracy curve that flips once the right logit crosses its competitor."
+    # The margin is that crossing, measured before the threshold.
     logits = Zf[idx].double()  # [n, p]
     correct = logits.gather(-1, labels[:, None])[:, 0]
     wrong = logits.scatter(-1, labels[:, None], -math.inf).max(-1).values
