@@ -28,6 +28,7 @@ The experiment figures (Fig. 1, 4-8) and the checks of the paper's claims are re
 Tests: python -m pytest -q tests/test_analysis.py
 """
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -67,10 +68,11 @@ class Args:
 RUN_FILES = ("config.json", "history.npz", "train_idx.npz", "params.pt")  # params.pt is written last
 
 
-def load_run(run_dir):
+def load_run_dir(run_dir):
     """Read a finished grok.py run directory: config, per-run settings, history and data split, each checked."""
     if not os.path.isdir(run_dir):
-        raise ValueError(f"run directory {run_dir!r} does not exist")
+        hint = f" (it was trained in shards, {run_dir}.shard-*: give one of them)" if shard_dirs(run_dir) else ""
+        raise ValueError(f"run directory {run_dir!r} does not exist{hint}")
     missing = [f for f in RUN_FILES if not os.path.exists(os.path.join(run_dir, f))]
     if missing:
         raise ValueError(f"run directory {run_dir!r} is incomplete: {', '.join(missing)} missing "
@@ -96,6 +98,149 @@ def load_run(run_dir):
 
 
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm")  # what analysis.py reads
+
+
+# A sweep trained in shards (grok.py --shard K/N, e.g. the tasks of a Slurm job array) lives in
+# directories SWEEP.shard-K-of-N, one per shard; read together they are the sweep, each run once
+# and in the sweep's order, as if one process had trained them all.
+SHARD_SUFFIX = ".shard-"
+
+
+class ShardsIncomplete(ValueError):
+    """A sweep's shards are not all there, or not all finished: no verdict may be drawn from part of a sweep."""
+
+
+def shard_dirs(sweep):
+    """The shard directories of a sweep (SWEEP.shard-K-of-N), sorted by name; [] if it has none."""
+    parent, name = os.path.split(os.path.normpath(sweep))
+    parent = parent or "."
+    if not os.path.isdir(parent):
+        return []
+    return sorted(os.path.join(parent, f) for f in os.listdir(parent)
+                  if f.startswith(name + SHARD_SUFFIX) and os.path.isdir(os.path.join(parent, f)))
+
+
+def shard_settings(meta):
+    """What every shard of one sweep must share: its settings but the shard, the sweep, the model and the source."""
+    config = {k: v for k, v in meta["config"].items() if k not in grok.RESUME_FREE + ("shard",)}
+    return dict(config, dims=meta["dims"], n_pairs=meta["n_pairs"], init_sha256=meta.get("init_sha256", ""),
+                sweep=meta["shard"]["sweep"], n=meta["shard"]["n"])
+
+
+def sweep_parts(sweep):
+    """The directories holding a sweep's runs, checked as one sweep: [(directory, each of its runs' index in the sweep)]."""
+    shards = shard_dirs(sweep)
+    if not shards:
+        return [(sweep, None)]  # trained whole: load_run_dir checks it
+    if os.path.exists(sweep):
+        raise ValueError(f"{sweep} and its shards {sweep}{SHARD_SUFFIX}* both exist; a run would count twice: keep one")
+    fix = "delete that directory, or train it again with its sweep's command and --shard"
+    first, parts, seen = None, [], {}
+    for d in shards:
+        path = os.path.join(d, "config.json")
+        if not os.path.exists(path):
+            raise ShardsIncomplete(f"{d} has no config.json: the shard has not started; run its command")
+        meta = grok.check_meta(grok.load_json(path, fix), path, fix)
+        if not isinstance(meta.get("shard"), dict) or not {"k", "n", "sweep"} <= set(meta["shard"]):
+            raise ValueError(f"{d} is named as a shard of {sweep} but its config.json records no shard; {fix}")
+        k, n = meta["shard"]["k"], meta["shard"]["n"]
+        first = first or (d, shard_settings(meta))
+        mine = shard_settings(meta)
+        if mine != first[1]:
+            differ = sorted(key for key in set(mine) | set(first[1]) if mine.get(key) != first[1].get(key))
+            raise ValueError(f"{d} is a shard of another sweep than {first[0]} ({', '.join(differ)} differ); "
+                             f"pool only the shards of one sweep: {fix}")
+        if k in seen:
+            raise ValueError(f"{d} and {seen[k]} are both shard {k}/{n} of {sweep}; a run would count twice: keep one")
+        if meta["runs"] != grok.shard_runs(meta["shard"]["sweep"], (k, n)):
+            raise ValueError(f"{d}: its runs are not shard {k}/{n} of the sweep it records; {fix}")
+        seen[k] = d
+        if not os.path.exists(os.path.join(d, "params.pt")):
+            raise ShardsIncomplete(f"shard {k}/{n} of {sweep} ({d}) has not finished; run its command again "
+                                   f"(it resumes), then pool")
+        R = len(meta["shard"]["sweep"]["seed"])
+        parts.append((k, d, list(range(R))[k::n]))
+    n, R = first[1]["n"], len(first[1]["sweep"]["seed"])
+    missing = [k for k in range(min(n, R)) if k not in seen]  # a shard K >= R holds no runs and writes nothing
+    if missing:
+        raise ShardsIncomplete(f"{sweep}: shard(s) {', '.join(f'{k}/{n}' for k in missing)} missing "
+                               f"({len(seen)} of {min(n, R)} there); train them, then pool")
+    return [(d, index) for _, d, index in sorted(parts)]
+
+
+def pooled_history(sweep, parts, loaded, cfg):
+    """The shards' histories as one: [R, T] over the longest shard's records, each run in its sweep place."""
+    R = sum(len(index) for _, index in parts)
+    epochs = max((h["epoch"] for h in loaded), key=len)
+    for (d, _), h in zip(parts, loaded):
+        if not np.array_equal(h["epoch"], epochs[:len(h["epoch"])]):
+            raise ValueError(f"{d} recorded other epochs than the other shards of {sweep}; train it again")
+    T = len(epochs)
+    out = {"epoch": epochs}
+    for key, x in loaded[0].items():
+        if key == "epoch" or np.ndim(x) == 0:
+            continue
+        if key == "wall_s":  # the shards' training times, added: what the sweep cost
+            out[key] = sum(np.concatenate([h[key], np.full(T - len(h[key]), h[key][-1] if len(h[key]) else 0.0)])
+                           for h in loaded)
+            continue
+        values = []
+        for h in loaded:
+            v = np.asarray(h[key])
+            if np.ndim(v) == 2 and v.shape[1] < T:
+                # A shard whose runs had all stopped ended early; one process would have gone on
+                # evaluating them frozen, recording the same values (the movements follow below).
+                v = np.concatenate([v, np.repeat(v[:, -1:], T - v.shape[1], axis=1)], axis=1)
+            values.append(v)
+        values = np.concatenate(values)  # [R, ...] in shard order (a string column takes the widest dtype)
+        out[key] = np.empty_like(values)
+        out[key][[i for _, index in parts for i in index]] = values
+    ends = [len(h["epoch"]) for h in loaded]
+    if min(ends) < T and cfg.get("converge_window", 0) > 0 and "move_acc" in out:
+        # The convergence test's movements of those frozen records, as grok.py computes them.
+        test = grok.Config(**{f.name: cfg[f.name] for f in dataclasses.fields(grok.Config) if f.name in cfg})
+        hist = {k: [torch.from_numpy(np.asarray(out[k][:, t])) for t in range(T)]
+                for k in ("train_acc", "test_acc", "train_loss", "test_loss", "param_norm")}
+        hist["epoch"] = list(epochs)
+        for (_, index), end in zip(parts, ends):
+            for t in range(end, T):
+                moves = grok.convergence_movements(test, hist, int(epochs[t]))
+                for k, v in moves.items():
+                    out[k][index, t] = v.numpy()[index]
+    return out
+
+
+def pool_splits(parts, loaded):
+    """The shards' train_idx.npz as one: rows in sweep order, padded to the longest (-1, labels 0) as grok.py pads."""
+    R = sum(len(index) for _, index in parts)
+    out = {}
+    for key, fill in (("train_idx", -1), ("test_idx", -1), ("train_labels", 0)):
+        width = max(s[key].shape[1] for s in loaded)
+        full = np.full((R, width), fill, dtype=loaded[0][key].dtype)
+        for (_, index), s in zip(parts, loaded):
+            full[index, :s[key].shape[1]] = s[key]
+        out[key] = full
+    out["n_train"] = np.zeros(R, dtype=np.asarray(loaded[0]["n_train"]).dtype)
+    for (_, index), s in zip(parts, loaded):
+        out["n_train"][index] = np.asarray(s["n_train"]).ravel()
+    return out
+
+
+def load_run(sweep):
+    """A finished sweep: one run directory, or the shards of one (pooled, each run once, in sweep order)."""
+    parts = sweep_parts(sweep)
+    if parts[0][1] is None:
+        return load_run_dir(sweep)
+    runs = [load_run_dir(d) for d, _ in parts]
+    index = [i for _, idx in parts for i in idx]
+    meta = grok.load_json(os.path.join(parts[0][0], "config.json"), "")
+    sweep_runs = meta["shard"]["sweep"]
+    cfg = dict(runs[0]["cfg"], shard="", out=sweep)
+    return dict(dir=sweep, cfg=cfg, runs=sweep_runs, dims=runs[0]["dims"], n_pairs=runs[0]["n_pairs"],
+                hist=pooled_history(sweep, parts, [r["hist"] for r in runs], cfg),
+                split=pool_splits(parts, [r["split"] for r in runs]),
+                diverged=sorted(idx[r] for (_, idx), run in zip(parts, runs) for r in run["diverged"]),
+                shards=[d for d, _ in parts], n_runs=len(index))
 
 
 def check_split(split, saved, path, what_to_do):
@@ -504,7 +649,7 @@ def find_phases(snap_epoch, excluded, hist_epoch, test_loss, test_acc, param_nor
 
 def analyse_run(run_dir, which=-1, final_only=False, key_cover=0.9, log=print):
     """Every measure of the chosen runs at every snapshot (and the final parameters): arrays with a leading run axis."""
-    run = load_run(run_dir)
+    run = load_run_dir(run_dir)
     check_trig_task(run)
     if run["diverged"]:
         log(f"note: run(s) {run['diverged']} of {run_dir} diverged and were frozen at their last finite state "
@@ -597,8 +742,9 @@ def efficiency_table(run_dirs, log=print):
                             "converged", "param_norm") + measures}
     t0 = time.perf_counter()
     first = None
-    for j, d in enumerate(run_dirs):
-        run = load_run(d)
+    parts = [(j, d, part, index) for j, d in enumerate(run_dirs) for part, index in sweep_parts(d)]
+    for j, d, part, index in parts:  # a sweep trained in shards: each shard's runs at their place in the sweep
+        run = load_run_dir(part)
         check_trig_task(run)
         # Norms and logits compare only between networks of one shape on one task (p and dims).
         shape = dict(p=run["cfg"]["p"], **run["dims"])
@@ -606,21 +752,23 @@ def efficiency_table(run_dirs, log=print):
         if shape != first[1]:
             diff = ", ".join(f"{k} {first[1][k]} vs {v}" for k, v in shape.items() if first[1][k] != v)
             raise ValueError(f"{d} and {first[0]} hold networks of different shapes ({diff}); pool runs of one shape")
-        params = load_params(os.path.join(d, "params.pt"))
+        params = load_params(os.path.join(part, "params.pt"))
         norms = sum_squared_weights(params).sqrt()  # [R]
         converged = grok.converged_at_end(run["hist"], run["cfg"])  # [R]
         for r in range(len(run["runs"]["seed"])):
             data = pair_data(run, r)
             Zf, _, Z_T, Z_M, _, strength = trig_summary(params, r, data)
             m = logit_measures(Zf, Z_T, Z_M, strength, data)
-            row = dict(dir=j, dir_name=os.path.basename(os.path.normpath(d)), run=r, seed=run["runs"]["seed"][r],
+            row = dict(dir=j, dir_name=os.path.basename(os.path.normpath(d)), run=r if index is None else index[r],
+                       seed=run["runs"]["seed"][r],
                        n_train=run["runs"]["n_train"][r], wd=run["runs"]["wd"][r],
                        random_labels=bool(run["cfg"]["random_labels"]), init_from=bool(run["cfg"]["init_from"]),
                        converged=bool(converged[r]), param_norm=norms[r].item(), **{k: m[k] for k in measures})
             for k, v in row.items():
                 cols[k].append(v)
     log(f"efficiency: {len(cols['run'])} run(s) from {len(run_dirs)} director(ies) in {time.perf_counter() - t0:.1f} s")
-    return {k: np.array(v) for k, v in cols.items()}
+    order = np.lexsort((np.array(cols["run"]), np.array(cols["dir"])))  # by directory, then by run: the sweep's order
+    return {k: np.array(v)[order] if len(order) else np.array(v) for k, v in cols.items()}
 
 
 def fig3_triples(table, min_trig=0.95):

@@ -15,6 +15,7 @@ Launch commands:
     python grok.py                                   # the standard run: a+b mod 113, 30% of pairs, wd=1; groks
     python grok.py --task sub --train 0.5 --epochs 30000 --out runs/sub
     python grok.py --seeds 0-9 --train 1500,1600,1700 --wd 0.5,1.0 --out runs/sweep   # 60 runs, one process
+    python grok.py --seeds 0-9 --train 1500,1600,1700 --wd 0.5,1.0 --shard 3/10 --out runs/sweep.shard-3-of-10   # its runs 3, 13, ..., 53
     python grok.py --train 1.0 --stop-acc 1.0 --out runs/full                       # train on every pair, each run to 100%
     python grok.py --init-from runs/full --train 800 --out runs/ungrok             # ungrokking (Sec. 5.2)
     python grok.py --random-labels --train 2000 --out runs/mem                     # C_mem-only (Sec. 5.1)
@@ -90,6 +91,7 @@ class Config:
     converge_levels: str = ""  # comma list: accuracy passes when the window's records lie on one side of each level and out of reach of it, in place of --converge-acc (P2, P3 read only that side)
     converge_train_on: bool = False  # a run that passes trains on, the test only recorded (semi-grokking: Fig. 6's plateau precedes its rise)
     out: str = "runs/default"  # run directory
+    shard: str = ""  # "K/N": train only the runs whose index in the sweep (seeds x sizes x wds x lrs) is K mod N, e.g. a Slurm array task; empty: every run
     device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
     threads: int = 0  # CPU threads for torch (0 = torch's default, every core)
     group_rows: int = -1  # speed: one group's fixed cost, in padded training examples (-1: 125 on CPU, measured; 15000 on CUDA, estimated)
@@ -484,6 +486,25 @@ def make_runs(cfg, n_all):
     return {k: [r[i] for r in runs] for i, k in enumerate(("seed", "n_train", "wd", "lr"))}
 
 
+def parse_shard(text):
+    """--shard "K/N" as (K, N) with 0 <= K < N; empty: None (every run)."""
+    if not text:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or int(m.group(2)) == 0 or int(m.group(1)) >= int(m.group(2)):
+        raise ValueError(f"--shard {text!r} is not a shard; allowed: K/N with whole numbers 0 <= K < N, e.g. 0/4 "
+                         f"(the first of four)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_runs(runs, shard):
+    """The runs of one shard (K, N) of a sweep: those whose index in the sweep is K mod N, in sweep order."""
+    # Runs are independent (each has its own seed, subset and state), so any split of the product is
+    # exact; taking every N-th run spreads the sizes and seeds evenly over the shards.
+    k, n = shard
+    return {key: values[k::n] for key, values in runs.items()}
+
+
 def available_memory():
     """Bytes of memory this machine can still give (MemAvailable on Linux), or None if unknown."""
     try:
@@ -546,6 +567,7 @@ def check_config(cfg):
         raise ValueError("--out is empty; give the run directory")
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise ValueError(f"--out {cfg.out} is a file, not a directory")
+    parse_shard(cfg.shard)
     if cfg.bench_impl not in ("fast", "reference", "serial"):
         raise ValueError(f"--bench-impl {cfg.bench_impl!r} is unknown; allowed: fast, reference, serial")
 
@@ -562,16 +584,20 @@ def resolve_device(name):
 
 
 def describe(cfg):
-    """Dataset, runs and model sizes of a config: what every command needs before it starts."""
+    """Dataset, runs (this shard's, with --shard) and model sizes of a config: what every command needs before it starts."""
     n_ctx = {"varma": 4, "nanda": 3}.get(cfg.fmt, 4)
     n_pairs = 120 * 120 if cfg.task.startswith("s5_") else cfg.p * cfg.p
     check_memory(n_pairs, n_ctx, 1, 1, cfg.d_mlp)  # the dataset itself, before it is built
     tokens, labels, d_vocab, n_out = make_dataset(cfg.task, cfg.p, cfg.fmt)
     runs = make_runs(cfg, len(labels))
+    shard = parse_shard(cfg.shard)
+    if shard:
+        runs = shard_runs(runs, shard)
     dims = dict(d_vocab=d_vocab, n_ctx=tokens.shape[1], n_out=n_out, d_model=cfg.d_model,
                 n_heads=cfg.n_heads, d_head=cfg.d_head, d_mlp=cfg.d_mlp)
-    check_memory(len(labels), n_ctx, len(runs["seed"]), max(runs["n_train"]), max(cfg.d_mlp, cfg.d_model),
-                 param_count(dims))
+    if runs["seed"]:  # a shard past the sweep's last run holds none (train() says so and writes nothing)
+        check_memory(len(labels), n_ctx, len(runs["seed"]), max(runs["n_train"]), max(cfg.d_mlp, cfg.d_model),
+                     param_count(dims))
     return tokens, labels, runs, dims
 
 
@@ -592,6 +618,9 @@ def run_meta(cfg, runs, dims, n_pairs, device, source=None):
     """What config.json records: every setting, the runs, the model's sizes, versions and the init source."""
     meta = dict(config=dataclasses.asdict(cfg), runs=runs, dims=dims, n_pairs=n_pairs,
                 torch=torch.__version__, device=str(device))
+    shard = parse_shard(cfg.shard)
+    if shard:  # the whole sweep beside this shard's runs: the shards of one sweep are pooled by it (analysis.py)
+        meta["shard"] = dict(k=shard[0], n=shard[1], sweep=make_runs(cfg, n_pairs))
     if source is not None:  # the source is identified by its content, so a moved source still matches
         meta["init_sha256"] = hashlib.sha256(source).hexdigest()
     return meta
@@ -599,8 +628,12 @@ def run_meta(cfg, runs, dims, n_pairs, device, source=None):
 
 def run_settings(meta):
     """What must match for a run directory to be resumed: settings by value, the source by content."""
-    config = {k: v for k, v in meta["config"].items() if k not in RESUME_FREE}
-    return dict(config, runs=meta["runs"], init_sha256=meta.get("init_sha256", ""))
+    # An empty --shard is left out, so that directories written before the flag existed still resume.
+    config = {k: v for k, v in meta["config"].items() if k not in RESUME_FREE and not (k == "shard" and not v)}
+    settings = dict(config, runs=meta["runs"], init_sha256=meta.get("init_sha256", ""))
+    if "shard" in meta:  # a shard's runs can be equal in two sweeps: the shard resumes only in its own sweep
+        settings["sweep"] = meta["shard"]["sweep"]
+    return settings
 
 
 def check_meta(meta, path, what_to_do):
@@ -1156,6 +1189,10 @@ def train(cfg):
     # Everything is validated, and the --init-from source read, before the first byte is written.
     tokens, labels, runs, dims = describe(cfg)
     R, out = len(runs["seed"]), cfg.out
+    if R == 0:  # a job array with more tasks than this sweep has runs: nothing to train, nothing written
+        print(f"grok.py: shard {cfg.shard} of this sweep holds no runs (the sweep has {len(make_runs(cfg, len(labels))['seed'])}); "
+              f"nothing to do", flush=True)
+        return out
     source = read_source(cfg.init_from)
     meta = run_meta(cfg, runs, dims, len(labels), device, source)
     init = initial_params(cfg, runs, dims, source)
@@ -1706,6 +1743,8 @@ def bench(cfg):
         torch.set_num_threads(cfg.threads)
     tokens, labels, runs, dims = describe(cfg)
     R = len(runs["seed"])
+    if R == 0:
+        raise ValueError(f"--bench --shard {cfg.shard}: this shard holds no runs of the sweep; bench a shard that has some")
     train_idx, test_idx, train_labels = run_splits(runs, labels, dims["n_out"], cfg.random_labels)
     test = eval_set(tokens, test_idx, labels[torch.as_tensor(np.maximum(test_idx, 0))], device)
     params = {n: t.to(device) for n, t in initial_params(cfg, runs, dims, read_source(cfg.init_from)).items()}  # --init-from: trained networks

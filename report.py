@@ -16,9 +16,11 @@ Launch commands:
     python report.py --where ungrok                # a path of the layout
     python report.py --where all                   # every path of the layout (reproduce.sh reads it once)
     python report.py --movement out/quick/runs/ungrok   # each run's convergence test at its last record
+    python report.py out/long --complete           # every sweep trained in shards has all of them (exit 1 if not)
 Tests: python -m pytest -q tests/test_report.py
 """
 import argparse
+import glob
 import io
 import math
 import os
@@ -67,8 +69,25 @@ def path_of(folder, name):
 
 
 def finished(run_dir):
-    """Whether a grok.py run directory has finished (params.pt is written last)."""
-    return os.path.exists(os.path.join(run_dir, "params.pt"))
+    """Whether a grok.py sweep has finished (params.pt is written last), or was trained in shards (pooled on reading)."""
+    # A sweep of shards counts here: analysis.load_run pools them, and refuses (ShardsIncomplete)
+    # a sweep with a shard missing or unfinished, which the section then reports as incomplete.
+    return os.path.exists(os.path.join(run_dir, "params.pt")) or bool(analysis.shard_dirs(run_dir))
+
+
+SWEEPS = ("ungrok", "scratch", "mem", "gen", "wd", "ungrok8")  # the layout's sweeps: reproduce.sh may train them in shards
+
+
+def incomplete_sweeps(folder):
+    """One line for each of the folder's sweeps that was trained in shards and has one missing or unfinished."""
+    out = []
+    for name in SWEEPS:
+        if analysis.shard_dirs(path_of(folder, name)):
+            try:
+                analysis.sweep_parts(path_of(folder, name))
+            except analysis.ShardsIncomplete as e:
+                out.append(str(e))
+    return out
 
 
 # -----------------------------------------------------------------------------
@@ -1276,6 +1295,9 @@ def section_efficiency(folder):
     """P1 (Fig. 3) from analysis.py's efficiency table of the C_mem-only and from-scratch runs, and Fig. 10's check."""
     L = ["## P1: efficiency against dataset size (Sec. 5.1, Fig. 3)", ""]
     out = []
+    for name in ("mem", "scratch", "gen", "ungrok"):  # the runs analysis.py's tables were made from
+        if analysis.shard_dirs(path_of(folder, name)):
+            analysis.sweep_parts(path_of(folder, name))  # raises ShardsIncomplete
     eff = os.path.join(path_of(folder, "efficiency"), "efficiency.npz")
     if os.path.exists(eff):
         table = analysis.load_npz(eff, analysis.EFFICIENCY_KEYS, RUN_AGAIN)
@@ -1455,6 +1477,13 @@ def read_stage_times(path):
     return last
 
 
+SECTIONS = ((section_toy, "The toy model"), (section_grokking, "Grokking (Fig. 1a)"),
+            (section_ungrok, "P2 and P3: ungrokking (Sec. 5.2, Fig. 4)"),
+            (section_efficiency, "P1 and Fig. 10: efficiency and the logit ratio"),
+            (section_semi, "P4: semi-grokking (Sec. 5.3)"), (section_fig8, "Ungrokking on another task (Fig. 8)"),
+            (section_wd, "Weight decay and the time to grok (Sec. 7)"))
+
+
 def report_lines(folder, profile):
     """results.md for a reproduce.sh output folder: one section per claim, numbers from the saved runs."""
     L = [f"# Results of `./reproduce.sh {profile}`", "",
@@ -1465,13 +1494,26 @@ def report_lines(folder, profile):
     if os.path.exists(times):
         last = read_stage_times(times)
         L += ["Stage times on this machine: " + ", ".join(f"{a} {int(b)} s" for a, b in last.items()), ""]
+    for shard_times in sorted(glob.glob(times[:-len(".txt")] + ".shard-*.txt")):  # SHARD=K/N ./reproduce.sh
+        name = os.path.basename(shard_times)[len("stage_times."):-len(".txt")]
+        L += [f"Stage times of {name}: " + ", ".join(f"{a} {int(b)} s" for a, b in read_stage_times(shard_times).items()),
+              ""]
+    missing = incomplete_sweeps(folder)
+    if missing:
+        L += ["**Incomplete:** " + "; ".join(missing) + ". The sections that read these sweeps give no verdict: none is "
+              "drawn from part of a sweep.", ""]
     rows = []
-    for section in (section_toy, section_grokking, section_ungrok, section_efficiency, section_semi, section_fig8,
-                    section_wd):
-        lines, found = section(folder)
+    for section, name in SECTIONS:
+        try:
+            lines, found = section(folder)
+        except analysis.ShardsIncomplete as e:
+            lines, found = [f"## {name}", "", f"Incomplete: {e}. No verdict.", ""], []
         L += lines
         rows += found
-    lines, dcrit = dcrit_section(folder)
+    try:
+        lines, dcrit = dcrit_section(folder)
+    except analysis.ShardsIncomplete as e:
+        lines, dcrit = ["## D_crit for modular addition", "", f"Incomplete: {e}. No estimate.", ""], []
     return L + lines + summary_lines(rows, dcrit)
 
 
@@ -1485,6 +1527,7 @@ class Args:
     profile: str = "quick"  # the reproduce.sh profile named in results.md
     where: str = ""  # print this layout entry's path (relative to the output folder), or with "all" every "name path"; exit
     movement: str = ""  # print, for each run of this grok.py directory, the convergence test's movements at its last record
+    complete: bool = False  # check that every sweep trained in shards has all its shards, finished: a line for each that has not, exit 1
 
 
 def main(argv=None):
@@ -1514,9 +1557,19 @@ def main(argv=None):
             return
         if not os.path.isdir(args.folder):
             raise ValueError(f"{args.folder!r}: no such output folder (run ./reproduce.sh first)")
+        if args.complete:
+            missing = incomplete_sweeps(args.folder)
+            for line in missing:
+                print(f"incomplete: {line}", file=sys.stderr)
+            sys.exit(1 if missing else 0)
         lines = report_lines(args.folder, args.profile)
         analysis.save_text(lines, path_of(args.folder, "results"))
         print("\n".join(lines))
+        missing = incomplete_sweeps(args.folder)
+        if missing:  # results.md says which sections; the exit status says the report is not whole
+            print(f"error: incomplete: {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                  + f"; {path_of(args.folder, 'results')} gives no verdict from those sweeps", file=sys.stderr)
+            sys.exit(1)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

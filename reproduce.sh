@@ -6,6 +6,7 @@
 #   ./reproduce.sh paper            paper profile: one GPU, the paper's sizes as far as one GPU allows
 #   ./reproduce.sh quick fig4       one stage of a profile (stages are named after the figures)
 #   ./reproduce.sh quick list       the stages, with what each one runs
+#   SHARD=K/N ./reproduce.sh long   shard K of N of every sweep (a job array's task; README, "Beyond one machine")
 #
 # Writes out/<profile>/: fig*.png named after the paper's figures, results.md (each claim's
 # check, its numbers and its verdict, held, not held or inconclusive, written by report.py from
@@ -28,10 +29,28 @@ case "$PROFILE" in
   *) echo "error: unknown profile '$PROFILE'; allowed: quick, long, paper (tiny: the tests' toy scale)" >&2; exit 2 ;;
 esac
 ALL_STAGES="fig2 fig1a fig4 fig5 fig3 fig8 wd report"
-case " $ALL_STAGES all list " in
+case " $ALL_STAGES sources all list " in
   *" $ONLY "*) ;;
-  *) echo "error: unknown stage '$ONLY'; allowed: $ALL_STAGES, all, list" >&2; exit 2 ;;
+  *) echo "error: unknown stage '$ONLY'; allowed: $ALL_STAGES, sources, all, list" >&2; exit 2 ;;
 esac
+# Sweeps beyond one machine: with SHARD=K/N each sweep trains only its runs K, K+N, K+2N, ...
+# (grok.py --shard) into its own directory, NAME.shard-K-of-N; `./reproduce.sh PROFILE report`, run
+# once every shard has finished, pools them (analysis.load_run). The ungrokking sweeps start from
+# source networks that every shard must share bit for bit (report.py checks the shards' source by
+# its hash), so they are trained once, before the shards: `./reproduce.sh PROFILE sources`.
+SHARD="${SHARD:-}"
+SUFFIX=""
+if [ -n "$SHARD" ]; then
+  if ! [[ "$SHARD" =~ ^([0-9]+)/([0-9]+)$ ]] || [ "${BASH_REMATCH[2]}" -eq 0 ] \
+      || [ "${BASH_REMATCH[1]}" -ge "${BASH_REMATCH[2]}" ]; then
+    echo "error: SHARD='$SHARD' is not a shard; allowed: K/N with whole numbers 0 <= K < N, e.g. SHARD=0/4" >&2; exit 2
+  fi
+  SHARD_K=$((10#${BASH_REMATCH[1]})) SHARD_N=$((10#${BASH_REMATCH[2]}))
+  SHARD="$SHARD_K/$SHARD_N" SUFFIX=".shard-$SHARD_K-of-$SHARD_N"
+  if [ "$ONLY" = report ] || [ "$ONLY" = sources ]; then
+    echo "error: SHARD is for the training stages; run './reproduce.sh $PROFILE $ONLY' without SHARD" >&2; exit 2
+  fi
+fi
 OUT="${OUT:-out/$PROFILE}"
 THREADS="${THREADS:-0}"      # CPU threads for torch (0 = all cores)
 RUNS="$OUT/runs"
@@ -178,6 +197,7 @@ else  # paper: one GPU, the paper's p=113 and grids
   EXPECT_fig2=10 EXPECT_fig1a=0 EXPECT_fig4=0 EXPECT_fig5=0 EXPECT_fig3=0 EXPECT_fig8=0 EXPECT_wd=0 EXPECT_report=60
 fi
 TRAIN="--threads $THREADS --log-points 30 --log-every $LOG_EVERY --print-every $((LOG_EVERY * 5))"
+SHARD_FLAG="${SHARD:+--shard $SHARD}"
 
 # ---- Stage runner: skip when done, keep a log, show an ETA, name the failed stage and its log.
 # A stage is done when its marker $OUT/.done_NAME exists; the marker is written only after the
@@ -186,10 +206,10 @@ stage() {  # stage NAME "what it runs" FUNCTION [always]
   local name="$1" what="$2" fn="$3" always="${4:-}"
   if [ "$ONLY" = list ]; then printf '  %-8s %s\n' "$name" "$what"; return 0; fi
   if [ "$ONLY" != all ] && [ "$ONLY" != "$name" ]; then return 0; fi
-  local marker="$OUT/.done_$name"
+  local marker="$OUT/.done_$name$SUFFIX"
   if [ -z "$always" ] && [ -e "$marker" ]; then echo "[$name] done already ($marker); skipped"; return 0; fi
   mkdir -p "$RUNS" "$LOGS"
-  local log="$LOGS/$name.log" t0=$SECONDS expect="EXPECT_$name"
+  local log="$LOGS/$name$SUFFIX.log" t0=$SECONDS expect="EXPECT_$name"
   local eta="${!expect:-0}"
   if [ "$eta" -gt 0 ]; then eta="about $(( (eta + 59) / 60 )) min on a 2-core CPU"; else eta="time not measured yet"; fi
   echo "[$name] $(date +%H:%M:%S) $what: $eta (log: $log)"
@@ -207,7 +227,7 @@ stage() {  # stage NAME "what it runs" FUNCTION [always]
   fi
   [ -n "$always" ] || : >"$marker"
   echo "[$name] finished in $((SECONDS - t0)) s"
-  echo "$name $((SECONDS - t0))" >>"$OUT/stage_times.txt"
+  echo "$name $((SECONDS - t0))" >>"$OUT/stage_times$SUFFIX.txt"
 }
 
 # ---- Stage bodies. Every path comes from report.py's layout, the one place it is written down.
@@ -219,8 +239,24 @@ where() {  # where NAME: the path of NAME in report.py's layout, under $OUT
   [ -n "$path" ] || { echo "error: '$1' is not in report.py's layout" >&2; return 1; }
   echo "$OUT/$path"
 }
+sweep() {  # sweep NAME: where this process trains the sweep NAME: its shard's directory under SHARD
+  echo "$(where "$1")$SUFFIX"
+}
+have() {  # have DIR: a sweep is there, trained whole or in shards
+  [ -d "$1" ] || compgen -G "$1.shard-*" >/dev/null
+}
+shard0() {  # the single runs and the toy model are not split: shard 0 of N does them, the others skip them
+  [ -z "$SHARD" ] || [ "$SHARD_K" -eq 0 ]
+}
+source_ready() {  # source_ready NAME: under SHARD, the sources must be trained already (once, for every shard)
+  [ -z "$SHARD" ] && return 0
+  [ -e "$(where "$1")/params.pt" ] && return 0
+  echo "error: the source networks $(where "$1") are not trained; run './reproduce.sh $PROFILE sources' once, without SHARD, before the shards" >&2
+  return 1
+}
 
 run_fig2() {  # Sec. 3 / App. C: the two-circuit toy model, Theorem D.4 and the phase picture
+  shard0 || { echo "shard $SHARD: the toy model runs in shard 0"; return 0; }
   $PY toy_sim.py --out "$OUT/fig2_toy.png" --csv
   $PY toy_sim.py --theorem --out "$OUT/theorem_d4.png"
   $PY toy_sim.py --phase --out "$OUT/toy_phase.png"
@@ -229,60 +265,86 @@ run_fig2() {  # Sec. 3 / App. C: the two-circuit toy model, Theorem D.4 and the 
 }
 
 run_fig1a() {  # Fig. 1a and Fig. 9: the paper's standard grokking run, with snapshots for the analysis
+  shard0 || { echo "shard $SHARD: the single grokking run is trained in shard 0"; return 0; }
   local g; g=$(where grok)
   $PY grok.py $MODEL --epochs "$GROK_EPOCHS" --snapshots 60 --threads "$THREADS" --out "$g"
   $PY analysis.py "$g" --out "$OUT/analysis_grok"
 }
 
-run_fig4() {  # Fig. 4, 7, 10, 1b (P2, P3, D_crit): ungrokking networks trained on every pair
-  local full ungrok; full=$(where full); ungrok=$(where ungrok)
+train_full() {  # the ungrokking sources of Fig. 4: networks trained on every pair, and their trig-share check
   # Fig. 4 caption: "We train on the full dataset (achieving 100% test accuracy), and then continue
   # training on a smaller subset". The sources' trig share is checked before use (report.py).
+  local full; full=$(where full)
   $PY grok.py $SMALL --train 1.0 --seeds "$FULL_SEEDS" --epochs "$FULL_EPOCHS" $TRAIN --out "$full"
   $PY analysis.py --efficiency "$full" --out "$(where sources)"
-  $PY grok.py $SMALL --init-from "$full" --seeds "$FULL_SEEDS" --train "$UNGROK_SIZES" --wd "$UNGROK_WDS" \
-    --epochs "$UNGROK_EPOCHS" $(converge) ${UNGROK_TRAIN_ON:+--converge-train-on} \
-    ${UNGROK_LEVELS:+--converge-levels $UNGROK_LEVELS} $TRAIN --out "$ungrok"
-  $PY analysis.py --efficiency "$ungrok" --out "$(where efficiency_ungrok)"   # Fig. 10
+}
+
+train_full8() {  # the source of Fig. 8: a second task's network trained on every pair
+  $PY grok.py $SMALL --task "$FIG8_TASK" --train 1.0 --epochs "$FIG8_EPOCHS" $TRAIN --out "$(where full8)"
+}
+
+run_sources() {  # the networks trained on every pair that the ungrokking sweeps start from, trained once for all shards
+  train_full
+  train_full8
+}
+
+analyse_ungrok() {  # Fig. 10: the logit ratios of the ungrokking runs
+  $PY analysis.py --efficiency "$(where ungrok)" --out "$(where efficiency_ungrok)"
   cp "$(where efficiency_ungrok)/fig10.png" "$OUT/fig10_logit_ratio.png"
+}
+
+analyse_efficiency() {  # Fig. 3 (P1): the C_mem-only, from-scratch and C_gen-only runs pooled
+  local gen=""
+  [ -z "$GEN_SIZES" ] || gen=$(where gen)
+  $PY analysis.py --efficiency "$(where mem)" "$(where scratch)" $gen --out "$(where efficiency)"
+  cp "$(where efficiency)/fig3.png" "$OUT/fig3_efficiency.png"
+}
+
+run_fig4() {  # Fig. 4, 7, 10, 1b (P2, P3, D_crit): ungrokking networks trained on every pair
+  if [ -n "$SHARD" ]; then source_ready full; else train_full; fi
+  $PY grok.py $SMALL --init-from "$(where full)" --seeds "$FULL_SEEDS" --train "$UNGROK_SIZES" --wd "$UNGROK_WDS" \
+    --epochs "$UNGROK_EPOCHS" $(converge) ${UNGROK_TRAIN_ON:+--converge-train-on} \
+    ${UNGROK_LEVELS:+--converge-levels $UNGROK_LEVELS} $TRAIN $SHARD_FLAG --out "$(sweep ungrok)"
+  [ -n "$SHARD" ] || analyse_ungrok   # shards: analysed once pooled, by the report stage
 }
 
 run_fig5() {  # Fig. 5, 6, 1c (P4), grokking over seeds, D_crit from scratch, C_gen-only networks (P1)
   $PY grok.py $SMALL --train "$SCRATCH_SIZES" --seeds "$SCRATCH_SEEDS" --epochs "$SCRATCH_EPOCHS" $(converge) \
-    --converge-train-on $TRAIN --out "$(where scratch)"
+    --converge-train-on $TRAIN $SHARD_FLAG --out "$(sweep scratch)"
 }
 
 run_fig3() {  # Fig. 3 (P1): C_mem-only networks (random labels), pooled with the from-scratch sweep
-  local mem; mem=$(where mem)
   $PY grok.py $SMALL --random-labels --train "$MEM_SIZES" --wd "$MEM_WDS" --seeds "$MEM_SEEDS" \
-    --epochs "$MEM_EPOCHS" $(converge) $TRAIN --out "$mem"
+    --epochs "$MEM_EPOCHS" $(converge) $TRAIN $SHARD_FLAG --out "$(sweep mem)"
   # Sec. 5.1: C_gen-only networks come from "training on large dataset sizes" with > 95% of the
   # logit norm trigonometric: a dedicated sweep well above the from-scratch transition where the
   # profile has one (GEN_SIZES), and the from-scratch sweep (stage fig5); report.py filters them.
-  local gen=""
   if [ -n "$GEN_SIZES" ]; then
-    gen=$(where gen)
     $PY grok.py $SMALL --train "$GEN_SIZES" --wd "$GEN_WDS" --seeds "$GEN_SEEDS" --epochs "$GEN_EPOCHS" \
-      $(converge) $TRAIN --out "$gen"
+      $(converge) $TRAIN $SHARD_FLAG --out "$(sweep gen)"
   fi
-  $PY analysis.py --efficiency "$mem" "$(where scratch)" $gen --out "$(where efficiency)"
-  cp "$(where efficiency)/fig3.png" "$OUT/fig3_efficiency.png"
+  [ -n "$SHARD" ] || analyse_efficiency
 }
 
 run_fig8() {  # Fig. 8: ungrokking on another task, from a network trained on every pair
-  local full8; full8=$(where full8)
-  $PY grok.py $SMALL --task "$FIG8_TASK" --train 1.0 --epochs "$FIG8_EPOCHS" $TRAIN --out "$full8"
-  $PY grok.py $SMALL --task "$FIG8_TASK" --init-from "$full8" --train "$FIG8_SIZES" --wd "$FIG8_WDS" \
-    --epochs "$FIG8_UNGROK_EPOCHS" $(converge) $TRAIN --out "$(where ungrok8)"
+  if [ -n "$SHARD" ]; then source_ready full8; else train_full8; fi
+  $PY grok.py $SMALL --task "$FIG8_TASK" --init-from "$(where full8)" --train "$FIG8_SIZES" --wd "$FIG8_WDS" \
+    --epochs "$FIG8_UNGROK_EPOCHS" $(converge) $TRAIN $SHARD_FLAG --out "$(sweep ungrok8)"
 }
 
 run_wd() {  # time to grok against weight decay (none included): the wd figure and check, the averaged curves
   # Sec. 7 of the paper: without weight decay grokking "is slower and often much harder to elicit".
   $PY grok.py $WD_MODEL --train "$WD_TRAIN" --wd "$WD_WDS" --seeds "$WD_SEEDS" --epochs "$WD_EPOCHS" --stop-acc 0.99 \
-    $TRAIN --log-every "$WD_LOG_EVERY" --print-every $((WD_LOG_EVERY * 40)) --out "$(where wd)"
+    $TRAIN --log-every "$WD_LOG_EVERY" --print-every $((WD_LOG_EVERY * 40)) $SHARD_FLAG --out "$(sweep wd)"
 }
 
 run_report() {  # the experiment figures and results.md: every claim's check, from the saved runs
+  # Sweeps trained in shards are analysed here, pooled, once every shard has finished (else
+  # report.py writes results.md with the incomplete sweeps named, and no verdict from them).
+  if compgen -G "$RUNS/*.shard-*" >/dev/null && $PY report.py "$OUT" --complete; then
+    ! have "$(where ungrok)" || analyse_ungrok
+    ! have "$(where mem)" || ! have "$(where scratch)" || analyse_efficiency
+  fi
   $PY report.py "$OUT" --profile "$PROFILE"
 }
 
@@ -300,10 +362,20 @@ if [ "$ONLY" != list ]; then
   if [ ! -f "$OUT/.profile" ] && compgen -G "$OUT/.done_*" >/dev/null; then
     echo "error: OUT=$OUT holds finished stages but no .profile saying whose; if they are the $PROFILE profile's, write $PROFILE into $OUT/.profile, else use another OUT" >&2; exit 2
   fi
-  echo "$PROFILE" >"$OUT/.profile" 2>/dev/null || { echo "error: cannot write $OUT/.profile; allowed: a directory this user can write" >&2; exit 2; }
+  # Written once, whole (a temporary file renamed): shards started together must never read it half-written.
+  if [ ! -f "$OUT/.profile" ]; then
+    { echo "$PROFILE" >"$OUT/.profile.tmp$$" && mv "$OUT/.profile.tmp$$" "$OUT/.profile"; } 2>/dev/null \
+      || { echo "error: cannot write $OUT/.profile; allowed: a directory this user can write" >&2; exit 2; }
+  fi
   LAYOUT=$($PY report.py --where all) || { echo "error: report.py --where all failed; is $PY's environment complete?" >&2; exit 1; }
+  if [ -z "$SHARD" ] && [ "$ONLY" != report ] && [ "$ONLY" != sources ] && compgen -G "$OUT/runs/*.shard-*" >/dev/null; then
+    echo "error: OUT=$OUT holds sweeps trained in shards; train with SHARD=K/N, or pool them with './reproduce.sh $PROFILE report'" >&2; exit 2
+  fi
 fi
 [ "$ONLY" = list ] && echo "stages of the $PROFILE profile:"
+if [ "$ONLY" = sources ] || [ "$ONLY" = list ]; then  # not part of "all": fig4 and fig8 train their sources themselves
+  stage sources "the ungrokking sources, trained once before SHARD=K/N runs (fig4 and fig8 train them otherwise)" run_sources
+fi
 stage fig2   "toy model: Fig. 2, Theorem D.4, phase picture (toy_sim.py)" run_fig2
 stage fig1a  "grokking run (p=113): Fig. 1a, Fig. 9, progress measures"     run_fig1a
 stage fig4   "ungrokking from networks trained on every pair: Fig. 4, 7, 10, 1b" run_fig4
@@ -311,6 +383,14 @@ stage fig5   "from-scratch sweep over D: Fig. 5, 6, 1c (P4), grokking, C_gen" ru
 stage fig3   "C_mem-only (and C_gen-only) networks, the efficiency fit: Fig. 3 (P1)" run_fig3
 stage fig8   "ungrokking on another task: Fig. 8"                          run_fig8
 stage wd     "time to grok against weight decay, none included; averaged curves" run_wd
-stage report "figures and results.md from the saved runs (always run again)" run_report always
+if [ -z "$SHARD" ]; then
+  stage report "figures and results.md from the saved runs (always run again)" run_report always
+fi
 [ "$ONLY" = list ] && exit 0
-echo "done: figures and results.md in $OUT"
+if [ -n "$SHARD" ]; then
+  echo "done: shard $SHARD in $OUT; once every shard has finished, './reproduce.sh $PROFILE report' pools them"
+elif [ "$ONLY" = sources ]; then
+  echo "done: the sources in $OUT; now the shards, SHARD=K/N ./reproduce.sh $PROFILE for K = 0 .. N-1"
+else
+  echo "done: figures and results.md in $OUT"
+fi
