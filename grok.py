@@ -84,6 +84,7 @@ class Config:
     ckpt_every: int = 1000  # checkpoint every k epochs: a kill loses at most this many
     snapshots: int = 0  # parameter snapshots at this many log-spaced epochs (0 = none); analysis.py reads them
     stop_acc: float = 0.0  # a run whose test accuracy reaches this stops and leaves the batch (0 = none): time to grok
+    wd_budget: float = 0.0  # each run trains to this many weight-decay time constants, lr*wd*epochs, then leaves the batch (0: all --epochs); ungrokking moves in these units
     converge_window: int = 0  # convergence test over the trailing window of this many epochs (0 = none); P2-P4 read accuracy "at convergence"
     converge_acc: float = 0.005  # passes when the accuracy the claims read (test; train for random labels) moved by at most this ...
     converge_loss: float = 0.05  # ... its loss (the circuit mix moves it while accuracy is flat) by at most this in log, ~5% ...
@@ -554,6 +555,9 @@ def check_config(cfg):
                          f"{cfg.log_every}); allowed: 0 or at least {4 * cfg.log_every} epochs")
     if not 0.0 <= cfg.stop_acc <= 1.0:
         raise ValueError(f"--stop-acc must be in [0, 1], got {cfg.stop_acc}")
+    if not (math.isfinite(cfg.wd_budget) and cfg.wd_budget >= 0):
+        raise ValueError(f"--wd-budget must be a finite number >= 0 (weight-decay time constants lr*wd*epochs; "
+                         f"0: every run trains --epochs), got {cfg.wd_budget}")
     if cfg.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0: all cores), got {cfg.threads}")
     if cfg.group_rows < -1:
@@ -628,8 +632,9 @@ def run_meta(cfg, runs, dims, n_pairs, device, source=None):
 
 def run_settings(meta):
     """What must match for a run directory to be resumed: settings by value, the source by content."""
-    # An empty --shard is left out, so that directories written before the flag existed still resume.
-    config = {k: v for k, v in meta["config"].items() if k not in RESUME_FREE and not (k == "shard" and not v)}
+    # An empty --shard or a zero --wd-budget is left out, so that directories written before the flag existed still resume.
+    config = {k: v for k, v in meta["config"].items()
+              if k not in RESUME_FREE and not (k in ("shard", "wd_budget") and not v)}
     settings = dict(config, runs=meta["runs"], init_sha256=meta.get("init_sha256", ""))
     if "shard" in meta:  # a shard's runs can be equal in two sweeps: the shard resumes only in its own sweep
         settings["sweep"] = meta["shard"]["sweep"]
@@ -1135,16 +1140,30 @@ def passes_convergence(moves, cfg):
     return ok
 
 
+def last_trained_record(h):
+    """Per run of a saved history, the index of its last record while it trained: where it stopped, else the last. [R] ints."""
+    # A stopped run is frozen, and evaluated as such at every later record: those records measure a
+    # network that no longer moves, so a test read there would pass by construction.
+    R = len(h["stop_reason"])
+    if "stop_epoch" not in h or "epoch" not in h:  # no stops recorded: every run trained to the last record
+        return np.full(R, -1)
+    epoch, stop = np.asarray(h["epoch"]), np.asarray(h["stop_epoch"])
+    T = len(epoch)
+    return np.where(stop >= 0, np.minimum(np.searchsorted(epoch, stop), T - 1), T - 1)
+
+
 def converged_at_end(h, cfg):
     """Per run of a saved history (history.npz's arrays, config.json's settings): did it end converged? [R] bools.
 
-    Stopped by the test, or (--converge-train-on, which never stops a run) passing it at the last record.
+    Stopped by the test, or (--converge-train-on, which never stops a run on the test) passing it at
+    its last record while it trained (the end, or where its --wd-budget stopped it).
     """
     stopped = np.array([str(w).startswith("converged") for w in h["stop_reason"]], bool)
     if "move_acc" not in h or not cfg.get("converge_train_on", False):
         return stopped
-    R = len(stopped)
-    last = {k: torch.as_tensor(np.asarray(h[k])[:, -1] if k in h else np.full(R, np.nan)) for k in CONVERGE_KEYS}
+    R, at = len(stopped), last_trained_record(h)
+    last = {k: torch.as_tensor(np.asarray(h[k])[np.arange(R), at] if k in h else np.full(R, np.nan))
+            for k in CONVERGE_KEYS}
     test = Config(**{k: cfg[k] for k in ("converge_acc", "converge_loss", "converge_norm")},
                   converge_levels=cfg.get("converge_levels", ""))
     return stopped | passes_convergence(last, test).numpy()
@@ -1155,7 +1174,7 @@ def note_converged(hist, stops, cfg, epoch):
     last = {k: hist[k][-1] for k in CONVERGE_KEYS}
     stopped = []
     for r, good in enumerate(passes_convergence(last, cfg).tolist()):
-        if good and stops["first_pass"][r] < 0:
+        if good and stops["first_pass"][r] < 0 and stops["epoch"][r] < 0:  # a stopped run is frozen: it passes by construction
             stops["first_pass"][r] = epoch
         if good and stops["epoch"][r] < 0 and not cfg.converge_train_on:
             stops["epoch"][r] = epoch
@@ -1165,6 +1184,26 @@ def note_converged(hist, stops, cfg, epoch):
                                   f"{last['move_norm'][r]:.5f} (limits {cfg.converge_acc:g}, {cfg.converge_loss:g}, "
                                   f"{cfg.converge_norm:g})")
             stopped.append(r)
+    return stopped
+
+
+def budget_epochs(runs, cfg):
+    """Each run's last epoch: --epochs, or with --wd-budget T the first epoch at which lr*wd*epoch >= T (at most --epochs)."""
+    # The time constant of decoupled weight decay is 1/(lr*wd) epochs (AdamW shrinks each weight by
+    # a factor 1 - lr*wd a step), and ungrokking moves in units of lr*wd*epochs: runs at two weight
+    # decays given the same T have had the same time to reallocate their norm (Sec. 5.2, Fig. 4).
+    if cfg.wd_budget <= 0:
+        return [cfg.epochs] * len(runs["wd"])
+    return [min(cfg.epochs, math.ceil(cfg.wd_budget / (lr * wd) - 1e-9)) if lr * wd > 0 else cfg.epochs
+            for lr, wd in zip(runs["lr"], runs["wd"])]
+
+
+def note_budget(stops, budgets, epoch, epochs):
+    """Stop each still-training run whose --wd-budget ends before --epochs, by this record (the first at or after it). Returns the runs stopped now."""
+    stopped = [r for r, b in enumerate(budgets) if epoch >= b and b < epochs and stops["epoch"][r] < 0]
+    for r in stopped:
+        stops["epoch"][r] = epoch
+        stops["reason"][r] = f"budget: trained to epoch {epoch}, its --wd-budget's end ({budgets[r]}: lr*wd*epochs)"
     return stopped
 
 
@@ -1240,6 +1279,7 @@ def train_loop(cfg, rd, meta, tokens, labels, runs, dims, init, device):
     params, state, hist, stops, start, wall0 = start_or_resume(rd, settings, init, device)
     records = record_epochs(cfg.epochs, cfg.log_every, cfg.log_points)
     snaps = snapshot_epochs(cfg.epochs, cfg.snapshots)
+    budgets = budget_epochs(runs, cfg)  # [R]: each run's last epoch (--epochs, or its --wd-budget's end)
     first_bad = torch.full((R,), -1, dtype=torch.long, device=device)  # each run's first non-finite loss, on the device
     t0 = time.perf_counter()
     wall = lambda: wall0 + time.perf_counter() - t0
@@ -1271,6 +1311,8 @@ def train_loop(cfg, rd, meta, tokens, labels, runs, dims, init, device):
                 batch = None
             if cfg.stop_acc > 0 and note_reached(stops, test_acc, cfg.stop_acc, epoch):
                 batch = None
+            if cfg.wd_budget > 0 and note_budget(stops, budgets, epoch, cfg.epochs):
+                batch = None
             if epoch % cfg.print_every == 0 or epoch == cfg.epochs or all(e >= 0 for e in stops["epoch"]):
                 print(progress_line(hist, epoch, cfg.epochs, (epoch - start) / max(wall() - wall0, 1e-9)), flush=True)
         active = [r for r in range(R) if stops["epoch"][r] < 0]  # the runs still training
@@ -1284,7 +1326,8 @@ def train_loop(cfg, rd, meta, tokens, labels, runs, dims, init, device):
             idx = batch["order"]
             first_bad[idx] = torch.where(~torch.isfinite(loss) & (first_bad[idx] < 0), epoch, first_bad[idx])
     if not any(e < 0 for e in stops["epoch"]):
-        print(f"every run has stopped (converged, reached --stop-acc or diverged); stopping at epoch {epoch}", flush=True)
+        print(f"every run has stopped (converged, reached --stop-acc or its --wd-budget, or diverged); stopping at "
+              f"epoch {epoch}", flush=True)
 
     freeze_diverged(rd, params, state, hist, stops, first_bad, init)
     save_checkpoint(rd, params, state, hist, stops, epoch, wall(), settings)

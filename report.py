@@ -140,10 +140,12 @@ def run_table(run):
 
 
 def movement(run):
-    """Per run, the convergence test's three movements at the last record: {move_acc, move_loss, move_norm: [R]} (nan: no test)."""
+    """Per run, the convergence test's movements at its last record while it trained: {move_acc, ...: [R]} (nan: no test)."""
     h = run["hist"]
     R = len(run["runs"]["seed"])
-    return {k: (np.asarray(h[k])[:, -1] if k in h and np.size(h[k]) else np.full(R, np.nan)) for k in grok.CONVERGE_KEYS}
+    at = grok.last_trained_record(h) if "stop_reason" in h else np.full(R, -1)  # a --wd-budget may end a run first
+    return {k: (np.asarray(h[k])[np.arange(R), at] if k in h and np.size(h[k]) else np.full(R, np.nan))
+            for k in grok.CONVERGE_KEYS}
 
 
 def movement_line(run):
@@ -192,9 +194,10 @@ def false_convergence(run):
     e = np.asarray(h["epoch"])
     which = "train_acc" if c.get("random_labels") else "test_acc"
     acc, norm = np.asarray(h[which]), np.log(np.asarray(h["param_norm"]))
-    rows = []
+    # [R]: the last epoch each run trained (--wd-budget may stop it before the end)
+    rows, end = [], e[grok.last_trained_record(h) if "stop_reason" in h else np.full(len(acc), -1)]
     for r, ec in enumerate(np.asarray(h["converged_epoch"])):
-        if ec < 0 or e[-1] < 2 * ec:
+        if ec < 0 or end[r] < 2 * ec:
             continue
         i, j = int(np.searchsorted(e, ec)), int(np.searchsorted(e, 2 * ec))
         crossed = any(len(set((acc[r, i:j + 1] < lv).tolist())) > 1 for lv in levels)  # on both sides of a level
@@ -1133,6 +1136,9 @@ def budget(run):
     stop = ""
     if c.get("converge_window", 0) > 0:
         stop = ", convergence test recorded" if c.get("converge_train_on") else ", convergence stop"
+    if c.get("wd_budget", 0) > 0:  # each run to lr*wd*epochs = T, at most --epochs
+        return (f"{c['task']} mod {c['p']}, each run to lr*wd*epochs = {c['wd_budget']:g} (at most {c['epochs']} "
+                f"epochs){stop}")
     return f"{c['task']} mod {c['p']}, up to {c['epochs']} epochs{stop}"
 
 

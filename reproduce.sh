@@ -90,6 +90,7 @@ fi
 converge() { echo "--converge-window $CONVERGE_WINDOW --converge-acc 0.005 --converge-loss 0.05 --converge-norm 0.005"; }
 UNGROK_TRAIN_ON=""          # 1: ungrokking runs record the test and train to their budget
 UNGROK_LEVELS=""            # ungrokking accuracy passes by staying on one side of these levels (report.py's VERDICT_LEVELS)
+UNGROK_WD_BUDGET=""         # each ungrokking run trains to this lr*wd*epochs (grok.py --wd-budget), at most UNGROK_EPOCHS
 GEN_SIZES=""                # the dedicated C_gen-only sweep of P1 (empty: P1's C_gen from the from-scratch sweep)
 MODEL=""                    # grok.py flags for Fig. 1a's task and model; empty = the paper's (App. A)
 if [ "$PROFILE" = tiny ]; then  # pipeline logic at toy scale, for tests/test_reproduce.py: nothing groks
@@ -153,7 +154,12 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
     # 0-3 on all 1681 pairs at wd 1: seed 3 at 0.960 by epoch 2301 and 0.971 by 4000, the others
     # 0.98-0.99), and a source must pass the > 95% check to be used. 200 s for the four.
     FULL_SEEDS=0-3 FULL_EPOCHS=4000
-    UNGROK_SIZES=115,130,150,170,200,230,265,300,345 UNGROK_WDS=5,10 UNGROK_EPOCHS=16000
+    # Each run trains to the same number of weight-decay time constants, lr*wd*epochs = 160 (--wd-budget):
+    # 16000 epochs at wd 10, 32000 at wd 5. Norm is reallocated at the rate of weight decay, so equal
+    # epochs give the wd 5 runs half the time to settle: at 16000 epochs for both, 18 of the 36 wd 5
+    # runs had not passed the test at their last record, against 6 of 36 at wd 10. A budget, not a
+    # rule: the test, P3's threshold and its three networks stay as they are.
+    UNGROK_SIZES=115,130,150,170,200,230,265,300,345 UNGROK_WDS=5,10 UNGROK_EPOCHS=32000 UNGROK_WD_BUDGET=160
     UNGROK_TRAIN_ON=1 UNGROK_LEVELS=0.2,0.5,0.7,0.9
     # From scratch, 12 runs to the quick profile's budget: P4 needs 99 converged runs (report.py's
     # p4_runs_needed), out of any CPU profile's reach, and the grokking check is met by 5000 epochs.
@@ -304,7 +310,8 @@ run_fig4() {  # Fig. 4, 7, 10, 1b (P2, P3, D_crit): ungrokking networks trained 
   if [ -n "$SHARD" ]; then source_ready full; else train_full; fi
   $PY grok.py $SMALL --init-from "$(where full)" --seeds "$FULL_SEEDS" --train "$UNGROK_SIZES" --wd "$UNGROK_WDS" \
     --epochs "$UNGROK_EPOCHS" $(converge) ${UNGROK_TRAIN_ON:+--converge-train-on} \
-    ${UNGROK_LEVELS:+--converge-levels $UNGROK_LEVELS} $TRAIN $SHARD_FLAG --out "$(sweep ungrok)"
+    ${UNGROK_LEVELS:+--converge-levels $UNGROK_LEVELS} ${UNGROK_WD_BUDGET:+--wd-budget $UNGROK_WD_BUDGET} \
+    $TRAIN $SHARD_FLAG --out "$(sweep ungrok)"
   [ -n "$SHARD" ] || analyse_ungrok   # shards: analysed once pooled, by the report stage
 }
 

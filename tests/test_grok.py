@@ -705,6 +705,71 @@ def test_stop_acc_stops_each_run_at_its_first_record_at_the_level(tmp_path):
     assert all(torch.equal(batch[k][0], upto[k][0]) for k in batch), "the stopped run moved after it stopped"
 
 
+def test_budget_epochs_against_the_time_constant_by_hand():
+    runs = dict(lr=[1e-3, 1e-3, 1e-3, 2e-3, 1e-3], wd=[5.0, 10.0, 0.0, 5.0, 3.0])
+    cfg = grok.Config(epochs=40000, wd_budget=160.0)
+    # lr*wd*epochs = 160: 32000 at wd 5, 16000 at wd 10, never at wd 0 (--epochs), 16000 at lr 2e-3,
+    # 53334 at wd 3 (past --epochs: 40000)
+    assert grok.budget_epochs(runs, cfg) == [32000, 16000, 40000, 16000, 40000]
+    assert grok.budget_epochs(runs, grok.Config(epochs=40000)) == [40000] * 5
+
+
+def test_wd_budget_stops_each_run_after_equal_lr_wd_epochs(tmp_path, monkeypatch):
+    # --wd-budget T: a run leaves the batch at the first record at or after lr*wd*epochs = T, frozen
+    # there; the wd=0.5 run (budget 200 epochs, past --epochs) trains on. Until it stopped, the stopped run did the
+    # same arithmetic as the batch trained to that epoch. Tolerances of 0 fail every run that moves,
+    # so no run passes the test while it trains; a frozen run would pass by construction, and must
+    # not count.
+    kw = dict(wd="0.5,2", train="60", epochs=120, log_every=7, log_points=3, ckpt_every=50, lr="3e-3",
+              converge_window=28, converge_acc=0.0, converge_loss=0.0, converge_norm=0.0, converge_train_on=True)
+    grok.train(small_cfg(tmp_path / "batch", wd_budget=0.3, **kw))  # wd 2: 0.3 / (3e-3 * 2) = 50 epochs
+    h = np.load(tmp_path / "batch" / "history.npz")
+    e = h["epoch"].tolist()
+    stop = min(x for x in e if x >= 50)
+    assert h["stop_epoch"].tolist() == [-1, stop] and str(h["stop_reason"][1]).startswith("budget"), \
+        (h["stop_epoch"], h["stop_reason"])
+    assert np.ptp(h["param_norm"][1, e.index(stop):]) == 0 and np.ptp(h["param_norm"][0, e.index(stop):]) > 0
+    assert h["converged_epoch"].tolist() == [-1, -1], "a frozen run passed the test and was counted"
+    saved = json.load(open(tmp_path / "batch" / "config.json"))["config"]
+    assert (h["move_loss"][1, -1] == 0 and h["move_loss"][1, e.index(stop)] > 0
+            and grok.converged_at_end(dict(h), saved).tolist() == [False, False]), "judged after its budget's end"
+    grok.train(small_cfg(tmp_path / "upto", **{**kw, "epochs": stop}))
+    batch, upto = torch.load(tmp_path / "batch" / "params.pt"), torch.load(tmp_path / "upto" / "params.pt")
+    err = max((batch[k][1] - upto[k][1]).abs().max().item() for k in batch)
+    assert err == 0, f"the stopped run moved after its budget's end: max difference {err:.2e}"
+    # Killed after the stop (epoch 80, checkpoint at 50), the same command resumes to the same runs.
+    real_step, calls = grok.train_step, {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 80:
+            raise KeyboardInterrupt("killed")
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(grok, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        grok.train(small_cfg(tmp_path / "killed", wd_budget=0.3, **kw))
+    monkeypatch.setattr(grok, "train_step", real_step)
+    grok.train(small_cfg(tmp_path / "killed", wd_budget=0.3, **kw))
+    a, b = torch.load(tmp_path / "batch" / "params.pt"), torch.load(tmp_path / "killed" / "params.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run differs from the run never killed"
+    hb = np.load(tmp_path / "killed" / "history.npz")
+    assert hb["stop_epoch"].tolist() == [-1, stop] and np.array_equal(hb["param_norm"], h["param_norm"])
+
+
+def test_converged_at_end_reads_a_stopped_run_where_it_stopped():
+    # Records after a run stopped measure a frozen network: the test is read at its stop epoch's record.
+    h = dict(epoch=np.array([0, 100, 200, 300]), stop_epoch=np.array([200, -1]),
+             stop_reason=np.array(["budget: trained to epoch 200", ""]),
+             move_acc=np.array([[np.nan, 0.1, 0.1, 0.0], [np.nan, 0.1, 0.1, 0.0]]),
+             move_loss=np.array([[np.nan, 0.1, 0.1, 0.0], [np.nan, 0.1, 0.1, 0.0]]),
+             move_norm=np.array([[np.nan, 0.1, 0.1, 0.0], [np.nan, 0.1, 0.1, 0.0]]))
+    saved = dict(converge_acc=0.005, converge_loss=0.05, converge_norm=0.005, converge_train_on=True)
+    assert grok.last_trained_record(h).tolist() == [2, 3]
+    assert grok.converged_at_end(h, saved).tolist() == [False, True]
+    h["move_loss"][0, 2] = h["move_acc"][0, 2] = h["move_norm"][0, 2] = 0.0  # passing where it stopped
+    assert grok.converged_at_end(h, saved).tolist() == [True, True]
+
+
 def test_converged_runs_leave_the_batch_and_the_rest_train_as_alone(tmp_path):
     # At this setting the wd=3 run passes the test first (near epoch 195) and the wd=1 run trains
     # on in the batch without it until it passes too (near 230). (Tolerances this loose do not

@@ -439,6 +439,9 @@ def test_false_convergence_measures_runs_trained_on_after_passing():
     norm[3] = 20.0 * np.exp(1.5e-5 * e)  # log norm +0.015 over 1000 -> 2000: 0.015 per window, over 0.005
     run["hist"]["converged_epoch"] = np.array([1000, -1, 3000, 1000])
     assert not report.false_convergence(run)["within"]
+    # A run its --wd-budget stopped at 1500 did not train on to 2e = 2000: frozen records measure nothing.
+    run["hist"].update(stop_epoch=np.array([-1, -1, -1, 1500]), stop_reason=np.array(["", "", "", "budget: ..."]))
+    assert report.false_convergence(run)["runs"].tolist() == [0]
     run["cfg"]["converge_train_on"] = False  # stopped runs stay put by construction: nothing to measure
     assert report.false_convergence(run) is None
 

@@ -208,6 +208,8 @@ def test_checkpoint_of_other_settings_under_a_matching_config_is_refused(tmp_pat
     (dict(p=100003), "GiB available"),
     (dict(converge_levels="0.5,1"), "each level must lie strictly between 0 and 1"),
     (dict(converge_levels="0.5,x"), "--converge-levels '0.5,x' is not a comma list of floats"),
+    (dict(wd_budget=-1.0), "--wd-budget must be a finite number >= 0"),
+    (dict(wd_budget=float("inf")), "--wd-budget must be a finite number >= 0"),
 ])
 def test_bad_config_writes_nothing(tmp_path, kw, message):
     with pytest.raises(ValueError) as e:
