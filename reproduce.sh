@@ -157,8 +157,9 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
     # Each run trains to the same number of weight-decay time constants, lr*wd*epochs = 160 (--wd-budget):
     # 16000 epochs at wd 10, 32000 at wd 5. Norm is reallocated at the rate of weight decay, so equal
     # epochs give the wd 5 runs half the time to settle: at 16000 epochs for both, 18 of the 36 wd 5
-    # runs had not passed the test at their last record, against 6 of 36 at wd 10. A budget, not a
-    # rule: the test, P3's threshold and its three networks stay as they are.
+    # runs had not passed the test at their last record, against 4 of 36 at wd 10 (whose runs first
+    # passed at a median epoch of 7875, 79 time constants). A budget, not a rule: the test, P3's
+    # threshold and its three networks stay as they are.
     UNGROK_SIZES=115,130,150,170,200,230,265,300,345 UNGROK_WDS=5,10 UNGROK_EPOCHS=32000 UNGROK_WD_BUDGET=160
     UNGROK_TRAIN_ON=1 UNGROK_LEVELS=0.2,0.5,0.7,0.9
     # From scratch, 12 runs to the quick profile's budget: P4 needs 99 converged runs (report.py's
