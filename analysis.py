@@ -704,7 +704,7 @@ def run_slice(progress, i):
             for k, v in progress.items()}
 
 
-def summary_lines(progress):
+def progress_summary(progress):
     """A short human-readable summary of a progress dict: key frequencies, phases, trig fractions."""
     lines = ["# analysis.py summary (modular addition; App. B split and Nanda et al.'s measures)",
              "# phases: memorisation ends at the lowest excluded loss; cleanup starts when log test loss is 10% "
@@ -1072,7 +1072,7 @@ def main_run(args, log=print):
     progress = computed_or_saved(os.path.join(out, "progress.npz"), args.replot, log,
                                  lambda: analyse_run(run_dir, args.run, args.final_only, args.key_cover, log),
                                  PROGRESS_KEYS)
-    lines = summary_lines(progress)
+    lines = progress_summary(progress)
     save_text(lines, os.path.join(out, "summary.txt"))
     log("\n".join(lines))
     draw_run_figures(progress, out, log)

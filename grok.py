@@ -5,8 +5,10 @@ trains many runs at once, on CPU or CUDA.
 The training setup is App. A of Varma et al. (2023), "Explaining grokking through circuit
 efficiency"; the architecture is Nanda et al. (2023), "Progress measures for grokking via
 mechanistic interpretability". The file reads top to bottom: Config, data, the textbook model,
-loss, AdamW, the training loop; then the speed section (an exact, tested rewrite of the model
-that computes only what the loss reads) and the command line.
+loss, AdamW and the textbook training loop (one run, about 30 lines); then the speed section (an
+exact, tested rewrite of the model that computes only what the loss reads), the sweep loop that
+trains many runs at once, run directories (locks, atomic writes, resume), the benchmark and the
+command line.
 
 One process trains R runs at once, each with its own seed, training subset, weight decay and
 learning rate: every parameter is one tensor with a leading run axis R.
@@ -78,6 +80,7 @@ class Config:
     d_head: int = 32  # App. A: size of the query, key and value vectors
     d_mlp: int = 512  # App. A: neurons in the MLP's hidden layer
     init_from: str = ""  # run directory whose final parameters start these runs (ungrokking, Sec. 5.2)
+    # Above: the paper's settings. Below: how runs are recorded, stopped, stored and run (not the paper's).
     log_every: int = 100  # record metrics every k epochs (plus log_points log-spaced epochs)
     log_points: int = 200  # log-spaced epochs recorded as well, for log-axis plots of 1e3..1e7 epochs
     print_every: int = 1000  # progress line every k epochs
@@ -101,17 +104,10 @@ class Config:
     bench_epochs: int = 50  # epochs timed by --bench, after 3 warm-up epochs
 
 
-# Settings that may change when a run resumes; every other setting must match the saved run.
-# ("out": a moved directory resumes; "group_rows" only regroups the same arithmetic, as did "pad_ratio",
-# the grouping setting that older config.json files hold. The run lists
-# are compared by their values, and --init-from by the content of the source's params.pt, so
-# "--wd 1" resumes "--wd 1.0" and a moved source still matches.)
-RESUME_FREE = ("device", "threads", "print_every", "bench", "bench_impl", "bench_epochs", "out", "group_rows", "pad_ratio",
-               "seeds", "train", "wd", "lr", "init_from")
-
 # -----------------------------------------------------------------------------
 # Data: the tasks of Power et al. (2021) used in the paper's Fig. 8. Modular tasks: x, y in
 # 0..p-1 (y != 0 where the task divides). S5 tasks: x, y are the 120 permutations of 5 elements.
+
 
 TASKS = {
     "add": "x+y", "sub": "x-y", "div": "x/y", "cond": "x/y if y odd else x-y",
@@ -224,6 +220,7 @@ def run_splits(runs, labels_all, n_out, random_labels):
 # have d_model/d_head = 4 heads per self-attention layer."
 # The paper names neither the MLP's activation nor any normalisation. We read it as the model of
 # Nanda et al. (2023), whose sizes these are: a ReLU MLP with biases, and no LayerNorm.
+
 
 PARAM_SHAPES = {  # weight names as in TransformerLens; a leading run axis R is added to each
     "W_E": ("d_vocab", "d_model"), "W_pos": ("n_ctx", "d_model"),
@@ -350,990 +347,6 @@ def train_textbook(cfg, eval_every=100):
         with torch.no_grad():
             adamw_step(params, dict(zip(params, grads)), state, epoch + 1, lr_t, wd_t, cfg.beta1, cfg.beta2, cfg.eps)
     return {n: t.detach() for n, t in params.items()}, {k: np.array(v) for k, v in records.items()}
-
-
-# -----------------------------------------------------------------------------
-# Files: every write goes to a temporary file first and is renamed into place
-
-
-def atomic_write(path, write, dir_fd=None, shown=None):
-    """Call write(f) on a temporary file, flush it to disk, then rename it to path: path is never half-written.
-
-    With dir_fd, path is relative to that open directory: the file lands in the directory that was
-    opened, even if its path has since been deleted or reused by another run. On any failure the
-    temporary file is removed and an OSError names the file (shown, else path) and the cause (one line).
-    """
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb", opener=lambda p, flags: os.open(p, flags, 0o644, dir_fd=dir_fd)) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException as e:
-        try:
-            os.remove(tmp, dir_fd=dir_fd)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            cause = e.strerror or str(e)
-            raise OSError(e.errno, f"could not write {shown or path}: {cause}" + (
-                "; free some space and run the same command again" if e.errno == errno.ENOSPC else "")) from None
-        raise
-
-
-def load_checked(path, load, what_to_do):
-    """load(path), or a one-line ValueError that names the file, what is wrong with it and what to do."""
-    try:
-        return load(path)
-    except Exception as e:
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ValueError(f"{path} is damaged or was not written by grok.py ({type(e).__name__}: {cause}); "
-                         f"{what_to_do}") from None
-
-
-def load_json(path, what_to_do):
-    """A JSON file, checked (one-line error if it is damaged)."""
-    def load(p):
-        with open(p) as f:
-            return json.load(f)
-    return load_checked(path, load, what_to_do)
-
-
-def save_json(obj, path, dir_fd=None, shown=None):
-    """Write obj as indented JSON, atomically."""
-    text = (json.dumps(obj, indent=1) + "\n").encode()
-    atomic_write(path, lambda f: f.write(text), dir_fd, shown)
-
-
-def save_torch(obj, path, dir_fd=None, shown=None):
-    """torch.save obj, atomically."""
-    # Serialised in memory first: a full disk inside torch's zip writer is a RuntimeError that names
-    # no file, while a full disk in f.write is an OSError that atomic_write reports in one line.
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()), dir_fd, shown)
-
-
-def save_npz(arrays, path, dir_fd=None, shown=None):
-    """np.savez arrays (a dict), atomically."""
-    atomic_write(path, lambda f: np.savez(f, **arrays), dir_fd, shown)
-
-
-# -----------------------------------------------------------------------------
-# Training loop: setup in small functions, then one flat loop over epochs
-
-
-def parse_list(text, kind, name):
-    """Parse a comma list ("1,2", and for ints ranges like "0-9") into a list of kind."""
-    out = []
-    try:
-        for part in str(text).split(","):
-            part = part.strip()
-            if kind is int and "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else part[1:].split("-", 1)
-                if int(hi) < int(lo):
-                    raise ValueError(f"--{name} range {part!r} runs downwards; allowed: LO-HI with LO <= HI, e.g. "
-                                     f"{hi}-{lo}")
-                out += list(range(int(lo), int(hi) + 1))
-            else:
-                out.append(kind(part))
-    except ValueError as e:
-        if "runs downwards" in str(e):
-            raise
-        raise ValueError(f"--{name} {text!r} is not a comma list of {kind.__name__}s") from None
-    if not out:
-        raise ValueError(f"--{name} is empty")
-    return out
-
-
-def train_size(spec, n_all):
-    """Training-set size for one entry of --train: a fraction if it has a '.', else a count D."""
-    spec = spec.strip()
-    if not spec:
-        raise ValueError("--train has an empty entry; allowed: fractions like 0.3 or counts like 3830, comma-separated")
-    try:
-        value = float(spec)
-    except ValueError:
-        raise ValueError(f"--train entry {spec!r} is not a number; allowed: a fraction like 0.3 or a count like 3830") from None
-    if "." in spec:
-        if not 0.0 < value <= 1.0:
-            raise ValueError(f"training fraction {spec} is outside (0, 1]")
-        return max(1, int(value * n_all))
-    if not value.is_integer():  # "1e-1": a fraction needs its '.', so that 1 (one pair) and 1.0 (all) differ
-        raise ValueError(f"--train entry {spec!r} is not a whole count; write a fraction with a '.', e.g. 0.1")
-    d = int(value)
-    if not 0 < d <= n_all:
-        raise ValueError(f"training size D={d} is not in 1..{n_all} (the number of pairs of this task)")
-    return d
-
-
-def make_runs(cfg, n_all):
-    """The runs of a config: the product of seeds x training sizes x weight decays x lrs."""
-    seeds = parse_list(cfg.seeds, int, "seeds")
-    sizes = [train_size(s, n_all) for s in cfg.train.split(",")]
-    wds, lrs = parse_list(cfg.wd, float, "wd"), parse_list(cfg.lr, float, "lr")
-    if any(s < 0 for s in seeds):
-        raise ValueError(f"--seeds must be >= 0 (numpy's generators take no negative seeds), got {cfg.seeds!r}")
-    if not all(math.isfinite(w) and w >= 0 for w in wds) or not all(math.isfinite(l) and l > 0 for l in lrs):
-        raise ValueError(f"weight decays must be finite and >= 0 and learning rates finite and > 0, "
-                         f"got --wd {cfg.wd!r} --lr {cfg.lr!r}")
-    for flag, values in (("seeds", seeds), ("train", sizes), ("wd", wds), ("lr", lrs)):
-        twice = sorted({v for v in values if values.count(v) > 1})
-        if twice:  # two identical runs: twice the work, and a source with one seed twice cannot start others
-            raise ValueError(f"--{flag} names {', '.join(f'{v:g}' for v in twice)} more than once (as given: "
-                             f"{getattr(cfg, 'train' if flag == 'train' else flag)!r}); allowed: distinct values")
-    runs = list(itertools.product(seeds, sizes, wds, lrs))
-    return {k: [r[i] for r in runs] for i, k in enumerate(("seed", "n_train", "wd", "lr"))}
-
-
-def parse_shard(text):
-    """--shard "K/N" as (K, N) with 0 <= K < N; empty: None (every run)."""
-    if not text:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not m or int(m.group(2)) == 0 or int(m.group(1)) >= int(m.group(2)):
-        raise ValueError(f"--shard {text!r} is not a shard; allowed: K/N with whole numbers 0 <= K < N, e.g. 0/4 "
-                         f"(the first of four)")
-    return int(m.group(1)), int(m.group(2))
-
-
-def shard_runs(runs, shard):
-    """The runs of one shard (K, N) of a sweep: those whose index in the sweep is K mod N, in sweep order."""
-    # Runs are independent (each has its own seed, subset and state), so any split of the product is
-    # exact; taking every N-th run spreads the sizes and seeds evenly over the shards.
-    k, n = shard
-    return {key: values[k::n] for key, values in runs.items()}
-
-
-def available_memory():
-    """Bytes of memory this machine can still give (MemAvailable on Linux), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            return int(next(line for line in f if line.startswith("MemAvailable")).split()[1]) * 1024
-    except (OSError, StopIteration, ValueError):
-        return None
-
-
-def param_count(dims):
-    """Parameters of one run of the model with these sizes."""
-    return sum(math.prod(dims[a] for a in axes) for axes in PARAM_SHAPES.values())
-
-
-def check_memory(n_pairs, n_ctx, n_runs, d_max, d_width, n_params=0):
-    """Refuse, before anything is allocated or written, a config whose data, activations and parameters do not fit."""
-    # The dataset (tokens, labels and numpy's intermediates), each run's index lists, the training
-    # step's largest activations ([R, D, max(d_mlp, d_model)] floats, a handful alive at once), and
-    # the parameters: with their gradients, AdamW's m and v, the batch's working copy of those three
-    # and a checkpoint serialised in memory, about ten float32 copies.
-    need = (8 * n_pairs * (n_ctx + 4) + 16 * n_runs * n_pairs + 4 * 8 * n_runs * d_max * d_width
-            + 4 * 10 * n_runs * n_params)
-    have = available_memory()
-    if have is not None and need > 0.8 * have:
-        raise ValueError(f"this config needs about {need / 2**30:.1f} GiB ({n_pairs} pairs, {n_runs} runs of D up to "
-                         f"{d_max}, {n_params} parameters a run) and this machine has {have / 2**30:.1f} GiB available; "
-                         f"use a smaller --p, fewer runs, a smaller --train or a smaller model")
-
-
-def check_config(cfg):
-    """Raise a one-line ValueError for settings outside their allowed range."""
-    for name in ("epochs", "log_every", "print_every", "ckpt_every", "d_model", "n_heads", "d_head",
-                 "d_mlp", "bench_epochs", "log_points"):
-        if getattr(cfg, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
-    if cfg.snapshots < 0:
-        raise ValueError(f"--snapshots must be >= 0, got {cfg.snapshots}")
-    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1 and cfg.eps > 0):
-        raise ValueError("AdamW needs 0 <= beta1, beta2 < 1 and eps > 0")
-    if not (cfg.converge_window >= 0 and cfg.converge_acc >= 0 and cfg.converge_loss >= 0 and cfg.converge_norm >= 0):
-        raise ValueError("--converge-window must be >= 0 epochs (0: no test), --converge-acc, --converge-loss and "
-                         "--converge-norm >= 0")
-    if cfg.converge_levels and not all(0 < x < 1 for x in parse_list(cfg.converge_levels, float, "converge-levels")):
-        raise ValueError(f"--converge-levels {cfg.converge_levels!r}: each level must lie strictly between 0 and 1")
-    if 0 < cfg.converge_window < 4 * cfg.log_every:
-        raise ValueError(f"--converge-window {cfg.converge_window} spans fewer than 4 records (--log-every "
-                         f"{cfg.log_every}); allowed: 0 or at least {4 * cfg.log_every} epochs")
-    if not 0.0 <= cfg.stop_acc <= 1.0:
-        raise ValueError(f"--stop-acc must be in [0, 1], got {cfg.stop_acc}")
-    if not (math.isfinite(cfg.wd_budget) and cfg.wd_budget >= 0):
-        raise ValueError(f"--wd-budget must be a finite number >= 0 (weight-decay time constants lr*wd*epochs; "
-                         f"0: every run trains --epochs), got {cfg.wd_budget}")
-    if cfg.threads < 0:
-        raise ValueError(f"--threads must be >= 0 (0: all cores), got {cfg.threads}")
-    if cfg.group_rows < -1:
-        raise ValueError(f"--group-rows must be >= 0, or -1 for the device's default, got {cfg.group_rows}")
-    for name in ("beta1", "beta2", "eps", "stop_acc", "converge_acc", "converge_loss", "converge_norm"):
-        if not math.isfinite(getattr(cfg, name)):
-            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)}")
-    if cfg.task.startswith("s5_") and cfg.p != Config.p:
-        raise ValueError(f"--p does not apply to {cfg.task} (the 120 permutations of S5); leave it out")
-    if not cfg.out.strip():
-        raise ValueError("--out is empty; give the run directory")
-    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
-        raise ValueError(f"--out {cfg.out} is a file, not a directory")
-    parse_shard(cfg.shard)
-    if cfg.bench_impl not in ("fast", "reference", "serial"):
-        raise ValueError(f"--bench-impl {cfg.bench_impl!r} is unknown; allowed: fast, reference, serial")
-
-
-def resolve_device(name):
-    """The torch device for --device (auto: CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def describe(cfg):
-    """Dataset, runs (this shard's, with --shard) and model sizes of a config: what every command needs before it starts."""
-    n_ctx = {"varma": 4, "nanda": 3}.get(cfg.fmt, 4)
-    n_pairs = 120 * 120 if cfg.task.startswith("s5_") else cfg.p * cfg.p
-    check_memory(n_pairs, n_ctx, 1, 1, cfg.d_mlp)  # the dataset itself, before it is built
-    tokens, labels, d_vocab, n_out = make_dataset(cfg.task, cfg.p, cfg.fmt)
-    runs = make_runs(cfg, len(labels))
-    shard = parse_shard(cfg.shard)
-    if shard:
-        runs = shard_runs(runs, shard)
-    dims = dict(d_vocab=d_vocab, n_ctx=tokens.shape[1], n_out=n_out, d_model=cfg.d_model,
-                n_heads=cfg.n_heads, d_head=cfg.d_head, d_mlp=cfg.d_mlp)
-    if runs["seed"]:  # a shard past the sweep's last run holds none (train() says so and writes nothing)
-        check_memory(len(labels), n_ctx, len(runs["seed"]), max(runs["n_train"]), max(cfg.d_mlp, cfg.d_model),
-                     param_count(dims))
-    return tokens, labels, runs, dims
-
-
-def read_source(init_from):
-    """The bytes of an --init-from source's params.pt, read once (None without --init-from)."""
-    # Read once, then hashed and loaded from these bytes: a source replaced while a run starts can
-    # never be recorded under one identity and loaded as another.
-    if not init_from:
-        return None
-    path = os.path.join(init_from, "params.pt")
-    if not os.path.isfile(path):
-        raise ValueError(f"--init-from {init_from}: no params.pt there (is the run finished?)")
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def run_meta(cfg, runs, dims, n_pairs, device, source=None):
-    """What config.json records: every setting, the runs, the model's sizes, versions and the init source."""
-    meta = dict(config=dataclasses.asdict(cfg), runs=runs, dims=dims, n_pairs=n_pairs,
-                torch=torch.__version__, device=str(device))
-    shard = parse_shard(cfg.shard)
-    if shard:  # the whole sweep beside this shard's runs: the shards of one sweep are pooled by it (analysis.py)
-        meta["shard"] = dict(k=shard[0], n=shard[1], sweep=make_runs(cfg, n_pairs))
-    if source is not None:  # the source is identified by its content, so a moved source still matches
-        meta["init_sha256"] = hashlib.sha256(source).hexdigest()
-    return meta
-
-
-def run_settings(meta):
-    """What must match for a run directory to be resumed: settings by value, the source by content."""
-    # An empty --shard or a zero --wd-budget is left out, so that directories written before the flag existed still resume.
-    config = {k: v for k, v in meta["config"].items()
-              if k not in RESUME_FREE and not (k in ("shard", "wd_budget") and not v)}
-    settings = dict(config, runs=meta["runs"], init_sha256=meta.get("init_sha256", ""))
-    if "shard" in meta:  # a shard's runs can be equal in two sweeps: the shard resumes only in its own sweep
-        settings["sweep"] = meta["shard"]["sweep"]
-    return settings
-
-
-def check_meta(meta, path, what_to_do):
-    """Raise (one line) unless meta has the shape of a config.json that grok.py wrote."""
-    get = lambda k: meta.get(k) if isinstance(meta, dict) else None
-    runs, config = get("runs"), get("config")
-    ok = (isinstance(config, dict) and all(k in config for k in ("task", "p", "fmt", "epochs"))
-          and isinstance(get("dims"), dict) and isinstance(get("n_pairs"), int) and isinstance(runs, dict)
-          and all(isinstance(runs.get(k), list) for k in ("seed", "n_train", "wd", "lr"))
-          and len({len(runs[k]) for k in ("seed", "n_train", "wd", "lr")}) == 1)
-    if not ok:
-        raise ValueError(f"{path} is not a grok.py config.json (it needs 'config' with task, p, fmt and epochs, "
-                         f"'dims', 'n_pairs', and 'runs' with equal lists 'seed', 'n_train', 'wd', 'lr'); {what_to_do}")
-    return meta
-
-
-# What a run directory may hold: grok.py's files, its snapshots, temporary files of its writes,
-# and analysis/, where analysis.py writes by default.
-RUN_DIR_NAMES = ("config.json", "checkpoint.pt", "params.pt", "history.npz", "train_idx.npz", "snapshots", ".lock",
-                 "analysis")
-TMP_NAME = re.compile(r".+\.tmp\d+$")  # atomic_write's temporary files: NAME.tmpPID
-SNAPSHOT_NAME = re.compile(r"epoch_\d{8}\.pt$")
-HAVE_DIR_FD = hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd
-
-
-@dataclass
-class RunDir:
-    """A run directory held by this process: the path it was given, its lock, and the directory opened once.
-
-    Every read and write of the run goes through dir_fd, so it reaches the directory that was
-    locked: if that directory is deleted or moved while this process runs and another run takes
-    its path, the two never mix (and check_held stops this one at its next write).
-    """
-    path: str
-    lock_fd: int
-    dir_fd: int = -1  # -1 where the system has no openat: then files are named by path
-
-    def shown(self, name):
-        """name as a message shows it: under the path given."""
-        return os.path.join(self.path, name)
-
-    def at(self, name):
-        """(name, dir_fd) as os.open and atomic_write take them."""
-        return (name, self.dir_fd) if self.dir_fd >= 0 else (self.shown(name), None)
-
-    def exists(self, name):
-        """Whether name exists in the held directory."""
-        try:
-            os.stat(self.at(name)[0], dir_fd=self.at(name)[1])
-            return True
-        except FileNotFoundError:
-            return False
-
-    def read(self, name):
-        """The bytes of name in the held directory."""
-        with open(self.at(name)[0], "rb", opener=lambda p, fl: os.open(p, fl, dir_fd=self.at(name)[1])) as f:
-            return f.read()
-
-
-def path_error(out, shown, e):
-    """An OSError met while making --out or its lock file, as one line: a full disk stays an OSError (exit 1), the rest bad input."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return OSError(e.errno, f"could not write {shown}: {e.strerror}; free some space and run the same command again")
-    return ValueError(f"--out {out} cannot be used as a run directory ({e.strerror}: {shown}); allowed: a directory "
-                      f"this user can create and write, each name in its path at most 255 bytes")
-
-
-def check_run_dir_contents(out):
-    """Refuse an --out that holds anything but a grok.py run directory, before anything is written there."""
-    # A directory with someone else's files (or `--out /`) would be trained into and overwritten;
-    # run files without config.json or checkpoint.pt (the files that say whose run it is) would be
-    # mixed into a new run, old snapshots beside new ones.
-    if not os.path.isdir(out):
-        return
-    names = os.listdir(out)
-    snaps = os.path.join(out, "snapshots")
-    inner = os.listdir(snaps) if os.path.isdir(snaps) else []
-    foreign = sorted(n for n in names if n not in RUN_DIR_NAMES and not TMP_NAME.match(n))
-    foreign += sorted(f"snapshots/{n}" for n in inner if not (SNAPSHOT_NAME.match(n) or TMP_NAME.match(n)))
-    if foreign:
-        raise ValueError(f"--out {out} holds files that are not a grok.py run's ({', '.join(foreign[:3])}"
-                         f"{', ...' if len(foreign) > 3 else ''}); allowed: a new or empty directory, or a run directory")
-    run_files = sorted(n for n in names if n in ("params.pt", "history.npz", "train_idx.npz", "snapshots"))
-    if run_files and not {"config.json", "checkpoint.pt"} & set(names):
-        raise ValueError(f"--out {out} holds run files ({', '.join(run_files)}) but no config.json or checkpoint.pt, "
-                         f"so nothing says whose run they are; delete them or use another --out")
-
-
-def lock_run_dir(out):
-    """Make out, open it, and take its lock, so that one process at a time writes there: a RunDir.
-
-    The lock is the kernel's (flock): it goes away with the process that holds it, however that
-    process ends, so a writer that was killed leaves no lock behind (its temporary files, which
-    no other writer can own, are removed here).
-    """
-    try:
-        check_run_dir_contents(out)
-        os.makedirs(out, exist_ok=True)
-        rd = RunDir(out, -1, os.open(out, os.O_RDONLY | os.O_DIRECTORY) if HAVE_DIR_FD else -1)
-    except OSError as e:
-        raise path_error(out, out, e) from None
-    try:
-        name, at = rd.at(".lock")
-        rd.lock_fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644, dir_fd=at)
-    except OSError as e:
-        close_run_dir(rd)
-        raise path_error(out, rd.shown(".lock"), e) from None
-    fd = rd.lock_fd
-    if fcntl is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            close_run_dir(rd)
-            raise ValueError(f"{out} is being written by {holder}; wait for it to end, or use another --out") from None
-    before = os.pread(fd, 200, 0).decode(errors="replace").strip()
-    if before:  # the previous writer ended without taking its name out: it was killed, or still is resumable
-        print(f"note: the last writer of {out} ({before}) ended without finishing; resuming", flush=True)
-    for sub in ("", "snapshots"):
-        folder = rd.shown(sub) if sub else out
-        for n in (os.listdir(folder) if os.path.isdir(folder) else []):
-            if TMP_NAME.match(n):
-                name, at = rd.at(os.path.join(sub, n) if sub else n)
-                os.remove(name, dir_fd=at)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
-    return rd
-
-
-def close_run_dir(rd):
-    """Close a RunDir's descriptors."""
-    for fd in (rd.lock_fd, rd.dir_fd):
-        if fd >= 0:
-            os.close(fd)
-
-
-def unlock_run_dir(rd):
-    """Release the lock of lock_run_dir, marking that this writer ended cleanly."""
-    os.ftruncate(rd.lock_fd, 0)
-    close_run_dir(rd)
-
-
-def check_held(rd):
-    """Raise (one line) if rd's path no longer names the directory this process locked: deleted, moved or replaced."""
-    if rd.dir_fd < 0:
-        return
-    held = os.fstat(rd.dir_fd)
-    try:
-        now = os.stat(rd.path)
-        same = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
-    except OSError:
-        same = False
-    if not same:
-        raise ValueError(f"{rd.path} was deleted or replaced while this process was writing it; this process stops "
-                         f"and writes nothing more (whatever is at {rd.path} now is left alone)")
-
-
-def save_in(rd, name, obj, kind):
-    """Save obj as name inside the held run directory rd, atomically (kind: "json", "torch" or "npz")."""
-    check_held(rd)
-    path, at = rd.at(name)
-    dict(json=save_json, torch=save_torch, npz=save_npz)[kind](obj, path, at, rd.shown(name))
-
-
-def load_params_file(data, path, shapes, what_to_do):
-    """Stacked parameters (name -> [R, ...]) from the bytes of a params.pt, checked against the model's shapes."""
-    params = load_checked(path, lambda p: torch.load(io.BytesIO(data), map_location="cpu"), what_to_do)
-    if not isinstance(params, dict) or not all(torch.is_tensor(params.get(n)) for n in shapes):
-        raise ValueError(f"{path} holds no grok.py parameters; {what_to_do}")
-    for name, shape in shapes.items():
-        if tuple(params[name].shape[1:]) != shape:
-            raise ValueError(f"{path} holds parameters of another shape ({name} is {tuple(params[name].shape[1:])} "
-                             f"per run, this model needs {shape}); {what_to_do}")
-    return params
-
-
-def open_run_dir(rd, meta):
-    """Check that the held directory holds this config (or nothing yet) and write config.json; True if it is already finished."""
-    out = rd.path
-    fix = f"delete {out} to start again, or use another --out"
-    if rd.exists("config.json"):
-        path = rd.shown("config.json")
-        old = run_settings(check_meta(load_checked(path, lambda p: json.loads(rd.read("config.json")), fix), path, fix))
-    elif rd.exists("checkpoint.pt") or rd.exists("params.pt"):
-        # No config.json, but files of a run: only a checkpoint that records these very settings may go on.
-        old = (load_checkpoint_bytes(rd.read("checkpoint.pt"), rd.shown("checkpoint.pt"), fix).get("settings", {})
-               if rd.exists("checkpoint.pt") else {})
-        if old != run_settings(meta):
-            raise ValueError(f"{out} holds run files of unknown or other settings and no config.json; {fix}")
-        print(f"note: {rd.shown('config.json')} was missing; written again from the checkpoint's matching settings",
-              flush=True)
-    else:
-        old = run_settings(meta)
-    new = run_settings(meta)
-    differ = sorted(k for k in new if old.get(k) != new[k])
-    if differ:
-        raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)} differ); "
-                         f"use another --out or the same settings")
-    if not rd.exists("config.json"):
-        save_in(rd, "config.json", meta, "json")
-    if not rd.exists("params.pt"):
-        return False
-    # Finished: but only if params.pt is whole. A damaged one is named, and the run can finish again
-    # from its final checkpoint.
-    shapes = {n: tuple(meta["dims"][a] for a in axes) for n, axes in PARAM_SHAPES.items()}
-    again = (f"delete it and run the same command again (the run finishes again from its checkpoint)"
-             if rd.exists("checkpoint.pt") else fix)
-    params = load_params_file(rd.read("params.pt"), rd.shown("params.pt"), shapes, again)
-    if params["W_E"].shape[0] != len(meta["runs"]["seed"]):
-        raise ValueError(f"{rd.shown('params.pt')} holds {params['W_E'].shape[0]} runs, config.json "
-                         f"{len(meta['runs']['seed'])}; {again}")
-    return True
-
-
-def load_checkpoint_bytes(data, path, what_to_do):
-    """A checkpoint written by save_checkpoint, from its bytes, checked (one-line error naming path if it is damaged)."""
-    ck = load_checked(path, lambda p: torch.load(io.BytesIO(data), map_location="cpu"), what_to_do)
-    if not isinstance(ck, dict) or not {"params", "state", "hist", "epoch"} <= set(ck):
-        raise ValueError(f"{path} is not a grok.py checkpoint; {what_to_do}")
-    return ck
-
-
-def load_checkpoint(path, what_to_do):
-    """A checkpoint file written by save_checkpoint, checked (one-line error if it is damaged)."""
-    data = load_checked(path, lambda p: open(p, "rb").read(), what_to_do)
-    return load_checkpoint_bytes(data, path, what_to_do)
-
-
-def load_init(run_dir, source, cfg, seeds, shapes):
-    """Final parameters of a finished run (source: its params.pt's bytes) for each of cfg's runs; checks they fit.
-
-    A source with one run starts every run; a source with several runs (seeds) starts each run
-    from the source run of the same seed, so an ungrokking sweep keeps each network's own seed.
-    The source must be a network for the same task, modulus and input format.
-    """
-    path = os.path.join(run_dir, "params.pt")
-    fix = f"train the source again (rerun its grok.py command after deleting {path})"
-    cfg_path = os.path.join(run_dir, "config.json")
-    src_meta = check_meta(load_json(cfg_path, fix), cfg_path, fix)
-    theirs = {k: src_meta["config"].get(k) for k in ("task", "p", "fmt")}
-    ours = dict(task=cfg.task, p=cfg.p, fmt=cfg.fmt)
-    if theirs != ours:
-        raise ValueError(f"--init-from {run_dir} is a network for {theirs['task']}, p={theirs['p']}, {theirs['fmt']} "
-                         f"format; this run is {cfg.task}, p={cfg.p}, {cfg.fmt} format: allowed, a source of the same "
-                         f"task, modulus and format")
-    src = load_params_file(source, path, {}, fix)
-    if not torch.is_tensor(src.get("W_E")):
-        raise ValueError(f"{path} holds no grok.py parameters; {fix}")
-    n_src = src["W_E"].shape[0]
-    if n_src == 1:
-        pick = [0] * len(seeds)
-    else:
-        src_seeds = src_meta["runs"]["seed"]
-        missing = sorted(set(seeds) - set(src_seeds))
-        if missing or len(set(src_seeds)) != n_src:
-            raise ValueError(f"--init-from {run_dir} holds {n_src} runs with seeds {sorted(src_seeds)}; each run "
-                             f"starts from the source run of its seed, so --seeds must be among them (one run "
-                             f"per seed there), got {sorted(set(seeds))}")
-        pick = [src_seeds.index(s) for s in seeds]
-    out = {}
-    for name, shape in shapes.items():
-        t = src.get(name)
-        if t is None or tuple(t.shape[1:]) != shape:
-            got = None if t is None else tuple(t.shape[1:])
-            raise ValueError(f"--init-from {run_dir} is a run of another shape: {name} is {got} per run, "
-                             f"this run needs {shape}")
-        if not torch.isfinite(t[pick]).all():
-            raise ValueError(f"--init-from {run_dir}: {name} has non-finite values; a diverged run cannot start others")
-        out[name] = t[pick].clone()  # [R, *shape]
-    return out
-
-
-def initial_params(cfg, runs, dims, source):
-    """Every run's starting parameters, stacked on the run axis: fresh (by seed) or from --init-from's bytes."""
-    if cfg.init_from:
-        shapes = {n: tuple(dims[a] for a in axes) for n, axes in PARAM_SHAPES.items()}
-        return load_init(cfg.init_from, source, cfg, runs["seed"], shapes)
-    per_run = [init_params(dims, s) for s in runs["seed"]]
-    return {n: torch.stack([p[n] for p in per_run]) for n in PARAM_SHAPES}
-
-
-def start_or_resume(rd, settings, init, device):
-    """Parameters, AdamW moments, history, stopped runs, first epoch and seconds trained so far.
-
-    Fresh from init (the stacked starting parameters), or from the held directory's checkpoint,
-    which is used only if it records the same settings (config.json alone could have been replaced).
-    """
-    out = rd.path
-    params = {n: t.clone() for n, t in init.items()}
-    state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}  # AdamW's m and v
-    R = params["W_E"].shape[0]
-    hist, stops, start, wall0 = new_history(), dict(epoch=[-1] * R, reason=[""] * R, first_pass=[-1] * R), 0, 0.0
-    ckpt_path = rd.shown("checkpoint.pt")
-    if rd.exists("checkpoint.pt"):
-        ck = load_checkpoint_bytes(rd.read("checkpoint.pt"), ckpt_path,
-                                   f"delete it to train {out} again from the start, or use another --out")
-        if ck.get("settings", settings) != settings:
-            raise ValueError(f"{ckpt_path} was written with other settings than {out}/config.json says; "
-                             f"delete the directory or use another --out")
-        params, state, hist, start, wall0 = ck["params"], ck["state"], ck["hist"], ck["epoch"], ck["wall_s"]
-        stops = ck.get("stops", stops)
-        stops.setdefault("first_pass", [-1] * R)  # a checkpoint from before the convergence test was recorded
-        for k in CONVERGE_KEYS:
-            hist.setdefault(k, [torch.full((R,), float("nan"), dtype=torch.float64) for _ in hist["epoch"]])
-        print(f"resuming {out} from epoch {start}", flush=True)
-    params = {n: t.to(device) for n, t in params.items()}
-    state = {k: {n: t.to(device) for n, t in s.items()} for k, s in state.items()}
-    return params, state, hist, stops, start, wall0
-
-
-def new_history():
-    """Empty metric lists: epoch and wall_s per record, and [R] tensors of each metric."""
-    # move_*: the convergence test's movements over its window at each record (nan: no test, or too early)
-    return {k: [] for k in ("epoch", "wall_s", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm",
-                            *CONVERGE_KEYS)}
-
-
-def history_arrays(hist, stops):
-    """The recorded metrics as arrays: epoch and wall_s [T], each metric [R, T], and when and why runs stopped [R]."""
-    out = {"epoch": np.array(hist["epoch"], dtype=np.int64), "wall_s": np.array(hist["wall_s"])}
-    for k, v in hist.items():
-        if k not in out:
-            out[k] = torch.stack(v, dim=1).numpy() if v else np.zeros((0, 0))
-    # stop_epoch: the epoch whose state a run kept when it stopped early (-1: it trained to the end).
-    out["stop_epoch"] = np.array(stops["epoch"], dtype=np.int64)
-    out["stop_reason"] = np.array(stops["reason"], dtype=str)
-    # converged_epoch: the first record at which a run passed the convergence test (-1: never).
-    out["converged_epoch"] = np.array(stops["first_pass"], dtype=np.int64)
-    return out
-
-
-def record_epochs(epochs, log_every, log_points):
-    """Epochs at which metrics are recorded: every log_every, log-spaced points, the first and last."""
-    logs = np.round(np.logspace(0, np.log10(epochs), log_points)).astype(int)
-    return set(range(0, epochs + 1, log_every)) | set(logs.tolist()) | {0, epochs}
-
-
-def snapshot_epochs(epochs, snapshots):
-    """Epochs at which the parameters are saved for analysis.py (log-spaced, plus 0 and the end)."""
-    if snapshots == 0:
-        return set()
-    logs = np.round(np.logspace(0, np.log10(epochs), snapshots)).astype(int)
-    return set(logs.tolist()) | {0, epochs}
-
-
-def save_checkpoint(rd, params, state, hist, stops, epoch, wall_s, settings):
-    """Everything needed to resume bit-identically (with the settings it belongs to), and the history so far."""
-    save_in(rd, "checkpoint.pt", dict(params={n: t.detach() for n, t in params.items()}, state=state, hist=hist,
-                                      stops=stops, epoch=epoch, wall_s=wall_s, settings=settings), "torch")
-    save_in(rd, "history.npz", history_arrays(hist, stops), "npz")
-
-
-def save_snapshot(rd, params, epoch):
-    """The parameters at one epoch, for analysis.py's curves over training."""
-    if not rd.exists("snapshots"):
-        name, at = rd.at("snapshots")
-        try:
-            os.mkdir(name, dir_fd=at)
-        except OSError as e:
-            raise OSError(e.errno, f"could not write {rd.shown('snapshots')}: {e.strerror}") from None
-    save_in(rd, os.path.join("snapshots", f"epoch_{epoch:08d}.pt"),
-            {n: t.detach().cpu() for n, t in params.items()}, "torch")
-
-
-def record(hist, epoch, wall_s, metrics):
-    """Append one row of metrics ({name: [R] tensor}) to the history."""
-    hist["epoch"].append(epoch)
-    hist["wall_s"].append(wall_s)  # training time so far, evaluations included
-    for k, v in metrics.items():
-        hist[k].append(v.detach().double().cpu())
-
-
-def progress_line(hist, epoch, epochs, rate):
-    """One fixed-format progress line from the last record."""
-    eta = (epochs - epoch) / rate if rate > 0 else float("nan")
-    acc = hist["test_acc"][-1].numpy()
-    return (f"epoch {epoch:8d}/{epochs} | {hist['wall_s'][-1]:7.1f} s | {rate:6.1f} ep/s | eta {eta / 60:6.1f} min | "
-            f"train_loss {hist['train_loss'][-1].median():.3e} | test_acc median {np.median(acc):.4f} "
-            f"[{acc.min():.4f}, {acc.max():.4f}]")
-
-
-class RunsDiverged(Exception):
-    """Some runs went non-finite: they were frozen at their last finite state and the others finished."""
-
-
-def freeze_diverged(rd, params, state, hist, stops, first_bad, init):
-    """Freeze each still-training run whose loss or parameters went non-finite; returns the runs frozen now.
-
-    A frozen run keeps its last state known to be finite: the last checkpoint's, if its loss was
-    still finite there, else its starting state. Its records after that epoch are set to NaN (they
-    belong to the abandoned trajectory), and stops records the epoch and the reason.
-    """
-    with torch.no_grad():
-        finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in params.values()]).all(0)  # [R]
-    first_bad, finite = first_bad.tolist(), finite.tolist()  # the one read of the running flag
-    bad = [r for r in range(len(finite)) if stops["epoch"][r] < 0 and (first_bad[r] >= 0 or not finite[r])]
-    if not bad:
-        return []
-    ck = (load_checkpoint_bytes(rd.read("checkpoint.pt"), rd.shown("checkpoint.pt"), "delete it and run again")
-          if rd.exists("checkpoint.pt") else None)
-    for r in bad:
-        use_ck = ck is not None and (first_bad[r] < 0 or ck["epoch"] < first_bad[r])
-        back = ck["epoch"] if use_ck else 0
-        with torch.no_grad():
-            for n, t in params.items():
-                t[r] = (ck["params"][n][r] if use_ck else init[n][r]).to(t.device)
-                for k in ("m", "v"):
-                    state[k][n][r] = ck["state"][k][n][r].to(t.device) if use_ck else 0.0
-        stops["epoch"][r] = back
-        stops["reason"][r] = (f"diverged: non-finite loss at epoch {first_bad[r]}" if first_bad[r] >= 0
-                              else "diverged: non-finite parameters")
-        for i, e in enumerate(hist["epoch"]):
-            if e > back:
-                for k in hist:
-                    if k not in ("epoch", "wall_s"):
-                        hist[k][i][r] = float("nan")
-        print(f"run {r} {stops['reason'][r]}; frozen at its state of epoch {back}", flush=True)
-    return bad
-
-
-def window_movement(epochs, x, now, window):
-    """How far x [R, T] moved over the trailing window (now - window, now]: [R], nan if the records do not span it.
-
-    The window's records are cut into four quarters by epoch, and the movement is the range (max
-    minus min) of the four quarters' medians. A median ignores one spike; a steady drift d over the
-    window shows as about 3/4 d; and a quantity that turns (down, then up) shows its swing, where
-    last minus first would pass through zero at the turn.
-    """
-    epochs, x = np.asarray(epochs), np.asarray(x)
-    if len(epochs) == 0 or epochs[0] > now - window:
-        return np.full(len(x), np.nan)
-    quarter = np.floor((epochs - (now - window)) / (window / 4) - 1e-9).astype(int)  # (now-W, now-3W/4] -> 0, ...
-    medians = []
-    for q in range(4):
-        sel = quarter == q
-        if not sel.any():
-            return np.full(len(x), np.nan)
-        medians.append(np.median(x[:, sel], axis=1))
-    medians = np.stack(medians, axis=1)  # [R, 4]
-    return medians.max(axis=1) - medians.min(axis=1)
-
-
-def window_straddles(epochs, x, now, window, levels, margin=0.0):
-    """How many of the levels the records of x [R, T] in the trailing window straddle or come within margin of: [R], nan if they do not span it."""
-    # The brackets of P2, P3 and D_crit read only on which side of their levels a run's final
-    # accuracy lies ("the test accuracy at convergence", Sec. 5.2), so a run that moves within one
-    # side changes no verdict, and one record across a level does: every record counts, not medians.
-    # A side is only settled if the level is out of reach: a record within `margin` of a level
-    # counts as on it (convergence_movements sets the margin).
-    epochs, x = np.asarray(epochs), np.asarray(x)
-    if len(epochs) == 0 or epochs[0] > now - window:
-        return np.full(len(x), np.nan)
-    inside = x[:, (epochs > now - window) & (epochs <= now)]  # [R, records in the window]
-    return sum((((inside < lv).any(axis=1) & (inside >= lv).any(axis=1)) | (np.abs(inside - lv) <= margin).any(axis=1))
-               .astype(float) for lv in levels)
-
-
-# The test reads functions of the network, not its coordinates: with AdamW each coordinate keeps
-# moving by about lr a step even once the loss has settled (a network of the test suite that fits
-# every pair, loss 4e-8, still moved 8-15% of its norm per 100 epochs at lr 3e-3), while its
-# accuracy, loss and norm stay put. The loss is the circuit mix's gauge: while one circuit replaces
-# the other at a flat accuracy (C_mem taking over as an ungrokking run nears its level, Fig. 7),
-# the loss keeps moving.
-CONVERGE_KEYS = ("move_acc", "move_loss", "move_norm", "move_levels")
-
-
-def convergence_movements(cfg, hist, epoch):
-    """The convergence test's movements over the window ending at epoch: {move_acc, move_loss, move_norm, move_levels: [R]}."""
-    stack = lambda k: torch.stack(hist[k], dim=1).numpy()  # [R, T]
-    which = "train" if cfg.random_labels else "test"  # random labels: test accuracy is chance, the claims read the fit
-    R = len(hist[f"{which}_acc"][0])
-    if cfg.converge_window <= 0:
-        return {k: torch.full((R,), float("nan"), dtype=torch.float64) for k in CONVERGE_KEYS}
-    move = lambda x: torch.from_numpy(window_movement(hist["epoch"], x, epoch, cfg.converge_window))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # The loss enters as log(loss + 0.01): relative changes above 0.01 nats, and below it, where each
-        # example's right class has probability > 0.99 and no claim reads the difference, almost none.
-        acc = stack(f"{which}_acc")
-        levels = parse_list(cfg.converge_levels, float, "converge-levels") if cfg.converge_levels else []
-        # The reach: without levels the test lets accuracy move up to converge_acc per window, so a
-        # run trained on for as long again as it has trained (the false-convergence check's horizon)
-        # may move converge_acc * epoch / window; a level nearer than that is not a settled side.
-        reach = cfg.converge_acc * epoch / cfg.converge_window
-        sides = torch.from_numpy(window_straddles(hist["epoch"], acc, epoch, cfg.converge_window, levels, reach)
-                                 if levels else np.full(R, np.nan))
-        return dict(move_acc=move(acc), move_loss=move(np.log(stack(f"{which}_loss") + 0.01)),
-                    move_norm=move(np.log(stack("param_norm"))), move_levels=sides)
-
-
-def passes_convergence(moves, cfg):
-    """Which runs pass the convergence test: each movement within its tolerance ([R] bools; nan fails)."""
-    # With --converge-levels the accuracy passes when its window straddles none of the levels, in
-    # place of moving at most --converge-acc; the loss and norm conditions stay.
-    acc = ("move_levels", 0.0) if cfg.converge_levels else ("move_acc", cfg.converge_acc)
-    limits = dict([acc], move_loss=cfg.converge_loss, move_norm=cfg.converge_norm)
-    ok = torch.ones(len(moves["move_acc"]), dtype=torch.bool)
-    for k, limit in limits.items():
-        ok &= moves[k] <= limit
-    return ok
-
-
-def last_trained_record(h):
-    """Per run of a saved history, the index of its last record while it trained: where it stopped, else the last. [R] ints."""
-    # A stopped run is frozen, and evaluated as such at every later record: those records measure a
-    # network that no longer moves, so a test read there would pass by construction.
-    R = len(h["stop_reason"])
-    if "stop_epoch" not in h or "epoch" not in h:  # no stops recorded: every run trained to the last record
-        return np.full(R, -1)
-    epoch, stop = np.asarray(h["epoch"]), np.asarray(h["stop_epoch"])
-    T = len(epoch)
-    return np.where(stop >= 0, np.minimum(np.searchsorted(epoch, stop), T - 1), T - 1)
-
-
-def converged_at_end(h, cfg):
-    """Per run of a saved history (history.npz's arrays, config.json's settings): did it end converged? [R] bools.
-
-    Stopped by the test, or (--converge-train-on, which never stops a run on the test) passing it at
-    its last record while it trained (the end, or where its --wd-budget stopped it).
-    """
-    stopped = np.array([str(w).startswith("converged") for w in h["stop_reason"]], bool)
-    if "move_acc" not in h or not cfg.get("converge_train_on", False):
-        return stopped
-    R, at = len(stopped), last_trained_record(h)
-    last = {k: torch.as_tensor(np.asarray(h[k])[np.arange(R), at] if k in h else np.full(R, np.nan))
-            for k in CONVERGE_KEYS}
-    test = Config(**{k: cfg[k] for k in ("converge_acc", "converge_loss", "converge_norm")},
-                  converge_levels=cfg.get("converge_levels", ""))
-    return stopped | passes_convergence(last, test).numpy()
-
-
-def note_converged(hist, stops, cfg, epoch):
-    """Record each run's first passing epoch; stop the newly passing ones unless --converge-train-on. Returns the runs stopped now."""
-    last = {k: hist[k][-1] for k in CONVERGE_KEYS}
-    stopped = []
-    for r, good in enumerate(passes_convergence(last, cfg).tolist()):
-        if good and stops["first_pass"][r] < 0 and stops["epoch"][r] < 0:  # a stopped run is frozen: it passes by construction
-            stops["first_pass"][r] = epoch
-        if good and stops["epoch"][r] < 0 and not cfg.converge_train_on:
-            stops["epoch"][r] = epoch
-            side = f" (on one side of each of {cfg.converge_levels}, out of reach)" if cfg.converge_levels else ""
-            stops["reason"][r] = (f"converged: over epochs {epoch - cfg.converge_window}-{epoch} accuracy moved "
-                                  f"{last['move_acc'][r]:.4f}{side}, log loss {last['move_loss'][r]:.4f}, log norm "
-                                  f"{last['move_norm'][r]:.5f} (limits {cfg.converge_acc:g}, {cfg.converge_loss:g}, "
-                                  f"{cfg.converge_norm:g})")
-            stopped.append(r)
-    return stopped
-
-
-def budget_epochs(runs, cfg):
-    """Each run's last epoch: --epochs, or with --wd-budget T the first epoch at which lr*wd*epoch >= T (at most --epochs)."""
-    # The time constant of decoupled weight decay is 1/(lr*wd) epochs (AdamW shrinks each weight by
-    # a factor 1 - lr*wd a step), and ungrokking moves in units of lr*wd*epochs: runs at two weight
-    # decays given the same T have had the same time to reallocate their norm (Sec. 5.2, Fig. 4).
-    if cfg.wd_budget <= 0:
-        return [cfg.epochs] * len(runs["wd"])
-    return [min(cfg.epochs, math.ceil(cfg.wd_budget / (lr * wd) - 1e-9)) if lr * wd > 0 else cfg.epochs
-            for lr, wd in zip(runs["lr"], runs["wd"])]
-
-
-def note_budget(stops, budgets, epoch, epochs):
-    """Stop each still-training run whose --wd-budget ends before --epochs, by this record (the first at or after it). Returns the runs stopped now."""
-    stopped = [r for r, b in enumerate(budgets) if epoch >= b and b < epochs and stops["epoch"][r] < 0]
-    for r in stopped:
-        stops["epoch"][r] = epoch
-        stops["reason"][r] = f"budget: trained to epoch {epoch}, its --wd-budget's end ({budgets[r]}: lr*wd*epochs)"
-    return stopped
-
-
-def note_reached(stops, test_acc, level, epoch):
-    """Stop each still-training run whose test accuracy reached level at this record. Returns the runs stopped now."""
-    # The time-to-grok sweep reads only the first epoch at which a run generalises, so a run stops there.
-    stopped = [r for r, a in enumerate(test_acc.tolist()) if a >= level and stops["epoch"][r] < 0]
-    for r in stopped:
-        stops["epoch"][r] = epoch
-        stops["reason"][r] = f"reached test accuracy {level:g} at epoch {epoch}"
-    return stopped
-
-
-def train(cfg):
-    """Train the runs of cfg, or resume them from their checkpoint; returns the run directory."""
-    check_config(cfg)
-    if cfg.bench:
-        return bench(cfg)
-    device = resolve_device(cfg.device)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    # Everything is validated, and the --init-from source read, before the first byte is written.
-    tokens, labels, runs, dims = describe(cfg)
-    R, out = len(runs["seed"]), cfg.out
-    if R == 0:  # a job array with more tasks than this sweep has runs: nothing to train, nothing written
-        print(f"grok.py: shard {cfg.shard} of this sweep holds no runs (the sweep has {len(make_runs(cfg, len(labels))['seed'])}); "
-              f"nothing to do", flush=True)
-        return out
-    source = read_source(cfg.init_from)
-    meta = run_meta(cfg, runs, dims, len(labels), device, source)
-    init = initial_params(cfg, runs, dims, source)
-    print(f"grok.py: {R} run(s) of {cfg.task} ({TASKS[cfg.task]}), p={cfg.p}, {cfg.fmt} format, "
-          f"{len(labels)} pairs, on {device} ({torch.get_num_threads()} CPU threads)", flush=True)
-    rd = lock_run_dir(out)
-    try:
-        if open_run_dir(rd, meta):
-            print(f"{out} is already finished (params.pt exists); nothing to do", flush=True)
-            report_stops(out, stops_of_finished(rd))
-            return out
-        train_loop(cfg, rd, meta, tokens, labels, runs, dims, init, device)
-    finally:
-        unlock_run_dir(rd)
-    return out
-
-
-def stops_of_finished(rd):
-    """The stopped runs recorded in a finished directory's history.npz."""
-    path = rd.shown("history.npz")
-    h = load_checked(path, lambda p: dict(np.load(io.BytesIO(rd.read("history.npz")))),
-                     f"delete {rd.path} and train it again")
-    return dict(epoch=np.asarray(h.get("stop_epoch", [])).tolist(), reason=np.asarray(h.get("stop_reason", [])).tolist())
-
-
-def report_stops(out, stops):
-    """Raise RunsDiverged (one line) if any run of out diverged."""
-    bad = [r for r, why in enumerate(stops["reason"]) if why.startswith("diverged")]
-    if bad:
-        which = "; ".join(f"run {r}: {stops['reason'][r]}" for r in bad[:3]) + ("; ..." if len(bad) > 3 else "")
-        raise RunsDiverged(f"{len(bad)} of {len(stops['reason'])} run(s) of {out} diverged ({which}); each is frozen "
-                           f"at its last finite state and the others finished; history.npz has stop_epoch and stop_reason")
-
-
-def train_loop(cfg, rd, meta, tokens, labels, runs, dims, init, device):
-    """The training loop over epochs: checkpoint, record, step; a run that stops (diverged, converged, --stop-acc) leaves the batch."""
-    R, settings = len(runs["seed"]), run_settings(meta)
-    # Data: each run's training subset (and labels) and test set, on the device.
-    train_idx, test_idx, train_labels = run_splits(runs, labels, dims["n_out"], cfg.random_labels)
-    save_in(rd, "train_idx.npz", dict(train_idx=train_idx, n_train=np.array(runs["n_train"]),
-                                      train_labels=train_labels, test_idx=test_idx), "npz")
-    train_set = eval_set(tokens, train_idx, torch.as_tensor(train_labels), device)
-    test_set = eval_set(tokens, test_idx, labels[torch.as_tensor(np.maximum(test_idx, 0))], device)
-
-    params, state, hist, stops, start, wall0 = start_or_resume(rd, settings, init, device)
-    records = record_epochs(cfg.epochs, cfg.log_every, cfg.log_points)
-    snaps = snapshot_epochs(cfg.epochs, cfg.snapshots)
-    budgets = budget_epochs(runs, cfg)  # [R]: each run's last epoch (--epochs, or its --wd-budget's end)
-    first_bad = torch.full((R,), -1, dtype=torch.long, device=device)  # each run's first non-finite loss, on the device
-    t0 = time.perf_counter()
-    wall = lambda: wall0 + time.perf_counter() - t0
-    # The training runs step in a batch (make_batch): a working copy of their state in batch order,
-    # written back into params and state wherever those are read, and rebuilt whenever a run stops.
-    batch = None
-    for epoch in range(start, cfg.epochs + 1):
-        checkpoint = epoch == cfg.epochs or (epoch % cfg.ckpt_every == 0 and epoch > start)
-        if batch is not None and (checkpoint or epoch in snaps or epoch in records):
-            write_back(batch, params, state)
-        if checkpoint:
-            if freeze_diverged(rd, params, state, hist, stops, first_bad, init):
-                batch = None
-            if epoch < cfg.epochs:  # the end is saved after the loop
-                save_checkpoint(rd, params, state, hist, stops, epoch, wall(), settings)
-        if epoch in snaps:
-            save_snapshot(rd, params, epoch)
-        if epoch in records and not (hist["epoch"] and hist["epoch"][-1] >= epoch):  # a resumed end is recorded once
-            (train_loss, train_acc), (test_loss, test_acc) = evaluate(params, train_set), evaluate(params, test_set)
-            with torch.no_grad():  # the last epoch's loss is computed only here: it feeds the running flag too
-                training = torch.tensor([e < 0 for e in stops["epoch"]], device=device)
-                first_bad = torch.where(~torch.isfinite(train_loss) & (first_bad < 0) & training, epoch, first_bad)
-            metrics = dict(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
-                           param_norm=param_norm(params))
-            record(hist, epoch, wall(), metrics)
-            for k, v in convergence_movements(cfg, hist, epoch).items():  # the movements read this record too
-                hist[k].append(v)
-            if cfg.converge_window > 0 and note_converged(hist, stops, cfg, epoch):
-                batch = None
-            if cfg.stop_acc > 0 and note_reached(stops, test_acc, cfg.stop_acc, epoch):
-                batch = None
-            if cfg.wd_budget > 0 and note_budget(stops, budgets, epoch, cfg.epochs):
-                batch = None
-            if epoch % cfg.print_every == 0 or epoch == cfg.epochs or all(e >= 0 for e in stops["epoch"]):
-                print(progress_line(hist, epoch, cfg.epochs, (epoch - start) / max(wall() - wall0, 1e-9)), flush=True)
-        active = [r for r in range(R) if stops["epoch"][r] < 0]  # the runs still training
-        if epoch == cfg.epochs or not active:
-            break
-        if batch is None:
-            batch = make_batch(params, state, runs, tokens, train_idx, train_labels, group_cost(cfg, device), device,
-                               active)
-        loss = train_step(batch, epoch + 1, cfg.beta1, cfg.beta2, cfg.eps)  # [A]: each run's mean loss over its own D
-        with torch.no_grad():  # a running flag on the device: read only at checkpoints and at the end
-            idx = batch["order"]
-            first_bad[idx] = torch.where(~torch.isfinite(loss) & (first_bad[idx] < 0), epoch, first_bad[idx])
-    if not any(e < 0 for e in stops["epoch"]):
-        print(f"every run has stopped (converged, reached --stop-acc or its --wd-budget, or diverged); stopping at "
-              f"epoch {epoch}", flush=True)
-
-    freeze_diverged(rd, params, state, hist, stops, first_bad, init)
-    save_checkpoint(rd, params, state, hist, stops, epoch, wall(), settings)
-    save_in(rd, "params.pt", {n: t.detach().cpu() for n, t in params.items()}, "torch")  # last: "finished"
-    print(f"done: {rd.path} (epoch {epoch}, {time.perf_counter() - t0:.1f} s)", flush=True)
-    report_stops(rd.path, stops)
 
 
 # -----------------------------------------------------------------------------
@@ -1707,6 +720,1029 @@ def keep_freed_memory():
         pass  # not glibc (macOS, Windows): keep the platform's allocator as it is
 
 
+# -----------------------------------------------------------------------------
+# The sweep loop: many runs in one process, each trained as train_textbook trains one
+# (tests/test_grok.py compares them). The setup in small functions (the runs of a sweep, checks,
+# records, the convergence test), then train() and the one flat loop over epochs, train_loop.
+# Where a run is kept on disk is the next section's job.
+
+
+def parse_list(text, kind, name):
+    """Parse a comma list ("1,2", and for ints ranges like "0-9") into a list of kind."""
+    out = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if kind is int and "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else part[1:].split("-", 1)
+                if int(hi) < int(lo):
+                    raise ValueError(f"--{name} range {part!r} runs downwards; allowed: LO-HI with LO <= HI, e.g. "
+                                     f"{hi}-{lo}")
+                out += list(range(int(lo), int(hi) + 1))
+            else:
+                out.append(kind(part))
+    except ValueError as e:
+        if "runs downwards" in str(e):
+            raise
+        raise ValueError(f"--{name} {text!r} is not a comma list of {kind.__name__}s") from None
+    if not out:
+        raise ValueError(f"--{name} is empty")
+    return out
+
+
+def train_size(spec, n_all):
+    """Training-set size for one entry of --train: a fraction if it has a '.', else a count D."""
+    spec = spec.strip()
+    if not spec:
+        raise ValueError("--train has an empty entry; allowed: fractions like 0.3 or counts like 3830, comma-separated")
+    try:
+        value = float(spec)
+    except ValueError:
+        raise ValueError(f"--train entry {spec!r} is not a number; allowed: a fraction like 0.3 or a count like 3830") from None
+    if "." in spec:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"training fraction {spec} is outside (0, 1]")
+        return max(1, int(value * n_all))
+    if not value.is_integer():  # "1e-1": a fraction needs its '.', so that 1 (one pair) and 1.0 (all) differ
+        raise ValueError(f"--train entry {spec!r} is not a whole count; write a fraction with a '.', e.g. 0.1")
+    d = int(value)
+    if not 0 < d <= n_all:
+        raise ValueError(f"training size D={d} is not in 1..{n_all} (the number of pairs of this task)")
+    return d
+
+
+def make_runs(cfg, n_all):
+    """The runs of a config: the product of seeds x training sizes x weight decays x lrs."""
+    seeds = parse_list(cfg.seeds, int, "seeds")
+    sizes = [train_size(s, n_all) for s in cfg.train.split(",")]
+    wds, lrs = parse_list(cfg.wd, float, "wd"), parse_list(cfg.lr, float, "lr")
+    if any(s < 0 for s in seeds):
+        raise ValueError(f"--seeds must be >= 0 (numpy's generators take no negative seeds), got {cfg.seeds!r}")
+    if not all(math.isfinite(w) and w >= 0 for w in wds) or not all(math.isfinite(l) and l > 0 for l in lrs):
+        raise ValueError(f"weight decays must be finite and >= 0 and learning rates finite and > 0, "
+                         f"got --wd {cfg.wd!r} --lr {cfg.lr!r}")
+    for flag, values in (("seeds", seeds), ("train", sizes), ("wd", wds), ("lr", lrs)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:  # two identical runs: twice the work, and a source with one seed twice cannot start others
+            raise ValueError(f"--{flag} names {', '.join(f'{v:g}' for v in twice)} more than once (as given: "
+                             f"{getattr(cfg, 'train' if flag == 'train' else flag)!r}); allowed: distinct values")
+    runs = list(itertools.product(seeds, sizes, wds, lrs))
+    return {k: [r[i] for r in runs] for i, k in enumerate(("seed", "n_train", "wd", "lr"))}
+
+
+def parse_shard(text):
+    """--shard "K/N" as (K, N) with 0 <= K < N; empty: None (every run)."""
+    if not text:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or int(m.group(2)) == 0 or int(m.group(1)) >= int(m.group(2)):
+        raise ValueError(f"--shard {text!r} is not a shard; allowed: K/N with whole numbers 0 <= K < N, e.g. 0/4 "
+                         f"(the first of four)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_runs(runs, shard):
+    """The runs of one shard (K, N) of a sweep: those whose index in the sweep is K mod N, in sweep order."""
+    # Runs are independent (each has its own seed, subset and state), so any split of the product is
+    # exact; taking every N-th run spreads the sizes and seeds evenly over the shards.
+    k, n = shard
+    return {key: values[k::n] for key, values in runs.items()}
+
+
+def available_memory():
+    """Bytes of memory this machine can still give (MemAvailable on Linux), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return int(next(line for line in f if line.startswith("MemAvailable")).split()[1]) * 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def param_count(dims):
+    """Parameters of one run of the model with these sizes."""
+    return sum(math.prod(dims[a] for a in axes) for axes in PARAM_SHAPES.values())
+
+
+def check_memory(n_pairs, n_ctx, n_runs, d_max, d_width, n_params=0):
+    """Refuse, before anything is allocated or written, a config whose data, activations and parameters do not fit."""
+    # The dataset (tokens, labels and numpy's intermediates), each run's index lists, the training
+    # step's largest activations ([R, D, max(d_mlp, d_model)] floats, a handful alive at once), and
+    # the parameters: with their gradients, AdamW's m and v, the batch's working copy of those three
+    # and a checkpoint serialised in memory, about ten float32 copies.
+    need = (8 * n_pairs * (n_ctx + 4) + 16 * n_runs * n_pairs + 4 * 8 * n_runs * d_max * d_width
+            + 4 * 10 * n_runs * n_params)
+    have = available_memory()
+    if have is not None and need > 0.8 * have:
+        raise ValueError(f"this config needs about {need / 2**30:.1f} GiB ({n_pairs} pairs, {n_runs} runs of D up to "
+                         f"{d_max}, {n_params} parameters a run) and this machine has {have / 2**30:.1f} GiB available; "
+                         f"use a smaller --p, fewer runs, a smaller --train or a smaller model")
+
+
+def check_config(cfg):
+    """Raise a one-line ValueError for settings outside their allowed range."""
+    for name in ("epochs", "log_every", "print_every", "ckpt_every", "d_model", "n_heads", "d_head",
+                 "d_mlp", "bench_epochs", "log_points"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(cfg, name)}")
+    if cfg.snapshots < 0:
+        raise ValueError(f"--snapshots must be >= 0, got {cfg.snapshots}")
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1 and cfg.eps > 0):
+        raise ValueError("AdamW needs 0 <= beta1, beta2 < 1 and eps > 0")
+    if not (cfg.converge_window >= 0 and cfg.converge_acc >= 0 and cfg.converge_loss >= 0 and cfg.converge_norm >= 0):
+        raise ValueError("--converge-window must be >= 0 epochs (0: no test), --converge-acc, --converge-loss and "
+                         "--converge-norm >= 0")
+    if cfg.converge_levels and not all(0 < x < 1 for x in parse_list(cfg.converge_levels, float, "converge-levels")):
+        raise ValueError(f"--converge-levels {cfg.converge_levels!r}: each level must lie strictly between 0 and 1")
+    if 0 < cfg.converge_window < 4 * cfg.log_every:
+        raise ValueError(f"--converge-window {cfg.converge_window} spans fewer than 4 records (--log-every "
+                         f"{cfg.log_every}); allowed: 0 or at least {4 * cfg.log_every} epochs")
+    if not 0.0 <= cfg.stop_acc <= 1.0:
+        raise ValueError(f"--stop-acc must be in [0, 1], got {cfg.stop_acc}")
+    if not (math.isfinite(cfg.wd_budget) and cfg.wd_budget >= 0):
+        raise ValueError(f"--wd-budget must be a finite number >= 0 (weight-decay time constants lr*wd*epochs; "
+                         f"0: every run trains --epochs), got {cfg.wd_budget}")
+    if cfg.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: all cores), got {cfg.threads}")
+    if cfg.group_rows < -1:
+        raise ValueError(f"--group-rows must be >= 0, or -1 for the device's default, got {cfg.group_rows}")
+    for name in ("beta1", "beta2", "eps", "stop_acc", "converge_acc", "converge_loss", "converge_norm"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(cfg, name)}")
+    if cfg.task.startswith("s5_") and cfg.p != Config.p:
+        raise ValueError(f"--p does not apply to {cfg.task} (the 120 permutations of S5); leave it out")
+    if not cfg.out.strip():
+        raise ValueError("--out is empty; give the run directory")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ValueError(f"--out {cfg.out} is a file, not a directory")
+    parse_shard(cfg.shard)
+    if cfg.bench_impl not in ("fast", "reference", "serial"):
+        raise ValueError(f"--bench-impl {cfg.bench_impl!r} is unknown; allowed: fast, reference, serial")
+
+
+def resolve_device(name):
+    """The torch device for --device (auto: CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def sweep_data(cfg):
+    """Dataset, runs (this shard's, with --shard) and model sizes of a config: what every command needs before it starts."""
+    n_ctx = {"varma": 4, "nanda": 3}.get(cfg.fmt, 4)
+    n_pairs = 120 * 120 if cfg.task.startswith("s5_") else cfg.p * cfg.p
+    check_memory(n_pairs, n_ctx, 1, 1, cfg.d_mlp)  # the dataset itself, before it is built
+    tokens, labels, d_vocab, n_out = make_dataset(cfg.task, cfg.p, cfg.fmt)
+    runs = make_runs(cfg, len(labels))
+    shard = parse_shard(cfg.shard)
+    if shard:
+        runs = shard_runs(runs, shard)
+    dims = dict(d_vocab=d_vocab, n_ctx=tokens.shape[1], n_out=n_out, d_model=cfg.d_model,
+                n_heads=cfg.n_heads, d_head=cfg.d_head, d_mlp=cfg.d_mlp)
+    if runs["seed"]:  # a shard past the sweep's last run holds none (train() says so and writes nothing)
+        check_memory(len(labels), n_ctx, len(runs["seed"]), max(runs["n_train"]), max(cfg.d_mlp, cfg.d_model),
+                     param_count(dims))
+    return tokens, labels, runs, dims
+
+
+def record_epochs(epochs, log_every, log_points):
+    """Epochs at which metrics are recorded: every log_every, log-spaced points, the first and last."""
+    logs = np.round(np.logspace(0, np.log10(epochs), log_points)).astype(int)
+    return set(range(0, epochs + 1, log_every)) | set(logs.tolist()) | {0, epochs}
+
+
+def snapshot_epochs(epochs, snapshots):
+    """Epochs at which the parameters are saved for analysis.py (log-spaced, plus 0 and the end)."""
+    if snapshots == 0:
+        return set()
+    logs = np.round(np.logspace(0, np.log10(epochs), snapshots)).astype(int)
+    return set(logs.tolist()) | {0, epochs}
+
+
+def new_history():
+    """Empty metric lists: epoch and wall_s per record, and [R] tensors of each metric."""
+    # move_*: the convergence test's movements over its window at each record (nan: no test, or too early)
+    return {k: [] for k in ("epoch", "wall_s", "train_loss", "train_acc", "test_loss", "test_acc", "param_norm",
+                            *CONVERGE_KEYS)}
+
+
+def record(hist, epoch, wall_s, metrics):
+    """Append one row of metrics ({name: [R] tensor}) to the history."""
+    hist["epoch"].append(epoch)
+    hist["wall_s"].append(wall_s)  # training time so far, evaluations included
+    for k, v in metrics.items():
+        hist[k].append(v.detach().double().cpu())
+
+
+def history_arrays(hist, stops):
+    """The recorded metrics as arrays: epoch and wall_s [T], each metric [R, T], and when and why runs stopped [R]."""
+    out = {"epoch": np.array(hist["epoch"], dtype=np.int64), "wall_s": np.array(hist["wall_s"])}
+    for k, v in hist.items():
+        if k not in out:
+            out[k] = torch.stack(v, dim=1).numpy() if v else np.zeros((0, 0))
+    # stop_epoch: the epoch whose state a run kept when it stopped early (-1: it trained to the end).
+    out["stop_epoch"] = np.array(stops["epoch"], dtype=np.int64)
+    out["stop_reason"] = np.array(stops["reason"], dtype=str)
+    # converged_epoch: the first record at which a run passed the convergence test (-1: never).
+    out["converged_epoch"] = np.array(stops["first_pass"], dtype=np.int64)
+    return out
+
+
+def progress_line(hist, epoch, epochs, rate):
+    """One fixed-format progress line from the last record."""
+    eta = (epochs - epoch) / rate if rate > 0 else float("nan")
+    acc = hist["test_acc"][-1].numpy()
+    return (f"epoch {epoch:8d}/{epochs} | {hist['wall_s'][-1]:7.1f} s | {rate:6.1f} ep/s | eta {eta / 60:6.1f} min | "
+            f"train_loss {hist['train_loss'][-1].median():.3e} | test_acc median {np.median(acc):.4f} "
+            f"[{acc.min():.4f}, {acc.max():.4f}]")
+
+
+def window_movement(epochs, x, now, window):
+    """How far x [R, T] moved over the trailing window (now - window, now]: [R], nan if the records do not span it.
+
+    The window's records are cut into four quarters by epoch, and the movement is the range (max
+    minus min) of the four quarters' medians. A median ignores one spike; a steady drift d over the
+    window shows as about 3/4 d; and a quantity that turns (down, then up) shows its swing, where
+    last minus first would pass through zero at the turn.
+    """
+    epochs, x = np.asarray(epochs), np.asarray(x)
+    if len(epochs) == 0 or epochs[0] > now - window:
+        return np.full(len(x), np.nan)
+    quarter = np.floor((epochs - (now - window)) / (window / 4) - 1e-9).astype(int)  # (now-W, now-3W/4] -> 0, ...
+    medians = []
+    for q in range(4):
+        sel = quarter == q
+        if not sel.any():
+            return np.full(len(x), np.nan)
+        medians.append(np.median(x[:, sel], axis=1))
+    medians = np.stack(medians, axis=1)  # [R, 4]
+    return medians.max(axis=1) - medians.min(axis=1)
+
+
+def window_straddles(epochs, x, now, window, levels, margin=0.0):
+    """How many of the levels the records of x [R, T] in the trailing window straddle or come within margin of: [R], nan if they do not span it."""
+    # The brackets of P2, P3 and D_crit read only on which side of their levels a run's final
+    # accuracy lies ("the test accuracy at convergence", Sec. 5.2), so a run that moves within one
+    # side changes no verdict, and one record across a level does: every record counts, not medians.
+    # A side is only settled if the level is out of reach: a record within `margin` of a level
+    # counts as on it (convergence_movements sets the margin).
+    epochs, x = np.asarray(epochs), np.asarray(x)
+    if len(epochs) == 0 or epochs[0] > now - window:
+        return np.full(len(x), np.nan)
+    inside = x[:, (epochs > now - window) & (epochs <= now)]  # [R, records in the window]
+    return sum((((inside < lv).any(axis=1) & (inside >= lv).any(axis=1)) | (np.abs(inside - lv) <= margin).any(axis=1))
+               .astype(float) for lv in levels)
+
+
+# The test reads functions of the network, not its coordinates: with AdamW each coordinate keeps
+# moving by about lr a step even once the loss has settled (a network of the test suite that fits
+# every pair, loss 4e-8, still moved 8-15% of its norm per 100 epochs at lr 3e-3), while its
+# accuracy, loss and norm stay put. The loss is the circuit mix's gauge: while one circuit replaces
+# the other at a flat accuracy (C_mem taking over as an ungrokking run nears its level, Fig. 7),
+# the loss keeps moving.
+CONVERGE_KEYS = ("move_acc", "move_loss", "move_norm", "move_levels")
+
+
+def convergence_movements(cfg, hist, epoch):
+    """The convergence test's movements over the window ending at epoch: {move_acc, move_loss, move_norm, move_levels: [R]}."""
+    stack = lambda k: torch.stack(hist[k], dim=1).numpy()  # [R, T]
+    which = "train" if cfg.random_labels else "test"  # random labels: test accuracy is chance, the claims read the fit
+    R = len(hist[f"{which}_acc"][0])
+    if cfg.converge_window <= 0:
+        return {k: torch.full((R,), float("nan"), dtype=torch.float64) for k in CONVERGE_KEYS}
+    move = lambda x: torch.from_numpy(window_movement(hist["epoch"], x, epoch, cfg.converge_window))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # The loss enters as log(loss + 0.01): relative changes above 0.01 nats, and below it, where each
+        # example's right class has probability > 0.99 and no claim reads the difference, almost none.
+        acc = stack(f"{which}_acc")
+        levels = parse_list(cfg.converge_levels, float, "converge-levels") if cfg.converge_levels else []
+        # The reach: without levels the test lets accuracy move up to converge_acc per window, so a
+        # run trained on for as long again as it has trained (the false-convergence check's horizon)
+        # may move converge_acc * epoch / window; a level nearer than that is not a settled side.
+        reach = cfg.converge_acc * epoch / cfg.converge_window
+        sides = torch.from_numpy(window_straddles(hist["epoch"], acc, epoch, cfg.converge_window, levels, reach)
+                                 if levels else np.full(R, np.nan))
+        return dict(move_acc=move(acc), move_loss=move(np.log(stack(f"{which}_loss") + 0.01)),
+                    move_norm=move(np.log(stack("param_norm"))), move_levels=sides)
+
+
+def passes_convergence(moves, cfg):
+    """Which runs pass the convergence test: each movement within its tolerance ([R] bools; nan fails)."""
+    # With --converge-levels the accuracy passes when its window straddles none of the levels, in
+    # place of moving at most --converge-acc; the loss and norm conditions stay.
+    acc = ("move_levels", 0.0) if cfg.converge_levels else ("move_acc", cfg.converge_acc)
+    limits = dict([acc], move_loss=cfg.converge_loss, move_norm=cfg.converge_norm)
+    ok = torch.ones(len(moves["move_acc"]), dtype=torch.bool)
+    for k, limit in limits.items():
+        ok &= moves[k] <= limit
+    return ok
+
+
+def last_trained_record(h):
+    """Per run of a saved history, the index of its last record while it trained: where it stopped, else the last. [R] ints."""
+    # A stopped run is frozen, and evaluated as such at every later record: those records measure a
+    # network that no longer moves, so a test read there would pass by construction.
+    R = len(h["stop_reason"])
+    if "stop_epoch" not in h or "epoch" not in h:  # no stops recorded: every run trained to the last record
+        return np.full(R, -1)
+    epoch, stop = np.asarray(h["epoch"]), np.asarray(h["stop_epoch"])
+    T = len(epoch)
+    return np.where(stop >= 0, np.minimum(np.searchsorted(epoch, stop), T - 1), T - 1)
+
+
+def converged_at_end(h, cfg):
+    """Per run of a saved history (history.npz's arrays, config.json's settings): did it end converged? [R] bools.
+
+    Stopped by the test, or (--converge-train-on, which never stops a run on the test) passing it at
+    its last record while it trained (the end, or where its --wd-budget stopped it).
+    """
+    stopped = np.array([str(w).startswith("converged") for w in h["stop_reason"]], bool)
+    if "move_acc" not in h or not cfg.get("converge_train_on", False):
+        return stopped
+    R, at = len(stopped), last_trained_record(h)
+    last = {k: torch.as_tensor(np.asarray(h[k])[np.arange(R), at] if k in h else np.full(R, np.nan))
+            for k in CONVERGE_KEYS}
+    test = Config(**{k: cfg[k] for k in ("converge_acc", "converge_loss", "converge_norm")},
+                  converge_levels=cfg.get("converge_levels", ""))
+    return stopped | passes_convergence(last, test).numpy()
+
+
+def still_training(stops):
+    """Per run, whether it still trains: not stopped (converged, --stop-acc, --wd-budget) nor frozen (diverged). [R] bools."""
+    return [e < 0 for e in stops["epoch"]]
+
+
+def note_converged(hist, stops, cfg, epoch):
+    """Record each run's first passing epoch; stop the newly passing ones unless --converge-train-on. Returns the runs stopped now."""
+    last, on = {k: hist[k][-1] for k in CONVERGE_KEYS}, still_training(stops)
+    stopped = []
+    for r, good in enumerate(passes_convergence(last, cfg).tolist()):
+        if good and on[r] and stops["first_pass"][r] < 0:  # a stopped run is frozen: it would pass by construction
+            stops["first_pass"][r] = epoch
+        if good and on[r] and not cfg.converge_train_on:
+            stops["epoch"][r] = epoch
+            side = f" (on one side of each of {cfg.converge_levels}, out of reach)" if cfg.converge_levels else ""
+            stops["reason"][r] = (f"converged: over epochs {epoch - cfg.converge_window}-{epoch} accuracy moved "
+                                  f"{last['move_acc'][r]:.4f}{side}, log loss {last['move_loss'][r]:.4f}, log norm "
+                                  f"{last['move_norm'][r]:.5f} (limits {cfg.converge_acc:g}, {cfg.converge_loss:g}, "
+                                  f"{cfg.converge_norm:g})")
+            stopped.append(r)
+    return stopped
+
+
+def budget_epochs(runs, cfg):
+    """Each run's last epoch: --epochs, or with --wd-budget T the first epoch at which lr*wd*epoch >= T (at most --epochs)."""
+    # The time constant of decoupled weight decay is 1/(lr*wd) epochs (AdamW shrinks each weight by
+    # a factor 1 - lr*wd a step), and ungrokking moves in units of lr*wd*epochs: runs at two weight
+    # decays given the same T have had the same time to reallocate their norm (Sec. 5.2, Fig. 4).
+    if cfg.wd_budget <= 0:
+        return [cfg.epochs] * len(runs["wd"])
+    return [min(cfg.epochs, math.ceil(cfg.wd_budget / (lr * wd) - 1e-9)) if lr * wd > 0 else cfg.epochs
+            for lr, wd in zip(runs["lr"], runs["wd"])]
+
+
+def note_budget(stops, budgets, epoch, epochs):
+    """Stop each still-training run whose --wd-budget ends before --epochs, by this record (the first at or after it). Returns the runs stopped now."""
+    on = still_training(stops)
+    stopped = [r for r, b in enumerate(budgets) if epoch >= b and b < epochs and on[r]]
+    for r in stopped:
+        stops["epoch"][r] = epoch
+        stops["reason"][r] = f"budget: trained to epoch {epoch}, its --wd-budget's end ({budgets[r]}: lr*wd*epochs)"
+    return stopped
+
+
+def note_reached(stops, test_acc, level, epoch):
+    """Stop each still-training run whose test accuracy reached level at this record. Returns the runs stopped now."""
+    # The time-to-grok sweep reads only the first epoch at which a run generalises, so a run stops there.
+    on = still_training(stops)
+    stopped = [r for r, a in enumerate(test_acc.tolist()) if a >= level and on[r]]
+    for r in stopped:
+        stops["epoch"][r] = epoch
+        stops["reason"][r] = f"reached test accuracy {level:g} at epoch {epoch}"
+    return stopped
+
+
+class RunsDiverged(Exception):
+    """Some runs went non-finite: they were frozen at their last finite state and the others finished."""
+
+
+def train(cfg):
+    """Train the runs of cfg, or resume them from their checkpoint; returns the run directory."""
+    check_config(cfg)
+    if cfg.bench:  # one job a function: main() sends --bench to bench()
+        raise ValueError("this config asks for --bench; call bench(cfg) to time it, or unset bench to train")
+    device = resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    # Everything is validated, and the --init-from source read, before the first byte is written.
+    tokens, labels, runs, dims = sweep_data(cfg)
+    R, out = len(runs["seed"]), cfg.out
+    if R == 0:  # a job array with more tasks than this sweep has runs: nothing to train, nothing written
+        print(f"grok.py: shard {cfg.shard} of this sweep holds no runs (the sweep has {len(make_runs(cfg, len(labels))['seed'])}); "
+              f"nothing to do", flush=True)
+        return out
+    source = read_source(cfg.init_from)
+    meta = run_meta(cfg, runs, dims, len(labels), device, source)
+    init = initial_params(cfg, runs, dims, source)
+    print(f"grok.py: {R} run(s) of {cfg.task} ({TASKS[cfg.task]}), p={cfg.p}, {cfg.fmt} format, "
+          f"{len(labels)} pairs, on {device} ({torch.get_num_threads()} CPU threads)", flush=True)
+    rd = lock_run_dir(out)
+    try:
+        if open_run_dir(rd, meta):
+            print(f"{out} is already finished (params.pt exists); nothing to do", flush=True)
+            report_stops(out, stops_of_finished(rd))
+            return out
+        train_loop(cfg, rd, meta, tokens, labels, runs, dims, init, device)
+    finally:
+        unlock_run_dir(rd)
+    return out
+
+
+def report_stops(out, stops):
+    """Raise RunsDiverged (one line) if any run of out diverged."""
+    bad = [r for r, why in enumerate(stops["reason"]) if why.startswith("diverged")]
+    if bad:
+        which = "; ".join(f"run {r}: {stops['reason'][r]}" for r in bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        raise RunsDiverged(f"{len(bad)} of {len(stops['reason'])} run(s) of {out} diverged ({which}); each is frozen "
+                           f"at its last finite state and the others finished; history.npz has stop_epoch and stop_reason")
+
+
+def train_loop(cfg, rd, meta, tokens, labels, runs, dims, init, device):
+    """The training loop over epochs: checkpoint, record, step; a run that stops (diverged, converged, --stop-acc) leaves the batch."""
+    R, settings = len(runs["seed"]), run_settings(meta)
+    # Data: each run's training subset (and labels) and test set, on the device.
+    train_idx, test_idx, train_labels = run_splits(runs, labels, dims["n_out"], cfg.random_labels)
+    save_in(rd, "train_idx.npz", dict(train_idx=train_idx, n_train=np.array(runs["n_train"]),
+                                      train_labels=train_labels, test_idx=test_idx), "npz")
+    train_set = eval_set(tokens, train_idx, torch.as_tensor(train_labels), device)
+    test_set = eval_set(tokens, test_idx, labels[torch.as_tensor(np.maximum(test_idx, 0))], device)
+
+    params, state, hist, stops, start, wall0 = start_or_resume(rd, settings, init, device)
+    records = record_epochs(cfg.epochs, cfg.log_every, cfg.log_points)
+    snaps = snapshot_epochs(cfg.epochs, cfg.snapshots)
+    budgets = budget_epochs(runs, cfg)  # [R]: each run's last epoch (--epochs, or its --wd-budget's end)
+    first_bad = torch.full((R,), -1, dtype=torch.long, device=device)  # each run's first non-finite loss, on the device
+    t0 = time.perf_counter()
+    wall = lambda: wall0 + time.perf_counter() - t0
+    # The training runs step in a batch (make_batch): a working copy of their state in batch order,
+    # written back into params and state wherever those are read, and rebuilt whenever a run stops.
+    batch = None
+    for epoch in range(start, cfg.epochs + 1):
+        checkpoint = epoch == cfg.epochs or (epoch % cfg.ckpt_every == 0 and epoch > start)
+        if batch is not None and (checkpoint or epoch in snaps or epoch in records):
+            write_back(batch, params, state)
+        if checkpoint:
+            if freeze_diverged(rd, params, state, hist, stops, first_bad, init):
+                batch = None
+            if epoch < cfg.epochs:  # the end is saved after the loop
+                save_checkpoint(rd, params, state, hist, stops, epoch, wall(), settings)
+        if epoch in snaps:
+            save_snapshot(rd, params, epoch)
+        if epoch in records and not (hist["epoch"] and hist["epoch"][-1] >= epoch):  # a resumed end is recorded once
+            (train_loss, train_acc), (test_loss, test_acc) = evaluate(params, train_set), evaluate(params, test_set)
+            with torch.no_grad():  # the last epoch's loss is computed only here: it feeds the running flag too
+                training = torch.tensor(still_training(stops), device=device)
+                first_bad = torch.where(~torch.isfinite(train_loss) & (first_bad < 0) & training, epoch, first_bad)
+            metrics = dict(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
+                           param_norm=param_norm(params))
+            record(hist, epoch, wall(), metrics)
+            for k, v in convergence_movements(cfg, hist, epoch).items():  # the movements read this record too
+                hist[k].append(v)
+            if cfg.converge_window > 0 and note_converged(hist, stops, cfg, epoch):
+                batch = None
+            if cfg.stop_acc > 0 and note_reached(stops, test_acc, cfg.stop_acc, epoch):
+                batch = None
+            if cfg.wd_budget > 0 and note_budget(stops, budgets, epoch, cfg.epochs):
+                batch = None
+            if epoch % cfg.print_every == 0 or epoch == cfg.epochs or not any(still_training(stops)):
+                print(progress_line(hist, epoch, cfg.epochs, (epoch - start) / max(wall() - wall0, 1e-9)), flush=True)
+        active = [r for r, on in enumerate(still_training(stops)) if on]
+        if epoch == cfg.epochs or not active:
+            break
+        if batch is None:
+            batch = make_batch(params, state, runs, tokens, train_idx, train_labels, group_cost(cfg, device), device,
+                               active)
+        loss = train_step(batch, epoch + 1, cfg.beta1, cfg.beta2, cfg.eps)  # [A]: each run's mean loss over its own D
+        with torch.no_grad():  # a running flag on the device: read only at checkpoints and at the end
+            idx = batch["order"]
+            first_bad[idx] = torch.where(~torch.isfinite(loss) & (first_bad[idx] < 0), epoch, first_bad[idx])
+    if not any(still_training(stops)):
+        print(f"every run has stopped (converged, reached --stop-acc or its --wd-budget, or diverged); stopping at "
+              f"epoch {epoch}", flush=True)
+
+    freeze_diverged(rd, params, state, hist, stops, first_bad, init)
+    save_checkpoint(rd, params, state, hist, stops, epoch, wall(), settings)
+    save_in(rd, "params.pt", {n: t.detach().cpu() for n, t in params.items()}, "torch")  # last: "finished"
+    print(f"done: {rd.path} (epoch {epoch}, {time.perf_counter() - t0:.1f} s)", flush=True)
+    report_stops(rd.path, stops)
+
+
+# -----------------------------------------------------------------------------
+# Run directories: what a run keeps on disk, and what it guarantees
+#
+# - One writer per directory: a lock file names the process; a second writer is refused.
+# - Every write is atomic: a temporary file, then a rename, so a kill leaves the old file or the new.
+# - A run resumes from its last checkpoint bit-identically, and only with the settings it was
+#   started with (config.json; RESUME_FREE lists what may change).
+# - A damaged, foreign or missing file is refused in one line that names it and says what to do;
+#   nothing on disk is changed by a refused command.
+# - A run whose loss goes non-finite is frozen at its last finite state; the others go on.
+
+
+# Settings that may change when a run resumes; every other setting must match the saved run.
+# ("out": a moved directory resumes; "group_rows" only regroups the same arithmetic, as did "pad_ratio",
+# the grouping setting that older config.json files hold. The run lists
+# are compared by their values, and --init-from by the content of the source's params.pt, so
+# "--wd 1" resumes "--wd 1.0" and a moved source still matches.)
+RESUME_FREE = ("device", "threads", "print_every", "bench", "bench_impl", "bench_epochs", "out", "group_rows", "pad_ratio",
+               "seeds", "train", "wd", "lr", "init_from")
+
+
+def atomic_write(path, write, dir_fd=None, shown=None):
+    """Call write(f) on a temporary file, flush it to disk, then rename it to path: path is never half-written.
+
+    With dir_fd, path is relative to that open directory: the file lands in the directory that was
+    opened, even if its path has since been deleted or reused by another run. On any failure the
+    temporary file is removed and an OSError names the file (shown, else path) and the cause (one line).
+    """
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb", opener=lambda p, flags: os.open(p, flags, 0o644, dir_fd=dir_fd)) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException as e:
+        try:
+            os.remove(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            cause = e.strerror or str(e)
+            raise OSError(e.errno, f"could not write {shown or path}: {cause}" + (
+                "; free some space and run the same command again" if e.errno == errno.ENOSPC else "")) from None
+        raise
+
+
+def load_checked(path, load, what_to_do):
+    """load(path), or a one-line ValueError that names the file, what is wrong with it and what to do."""
+    try:
+        return load(path)
+    except Exception as e:
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{path} is damaged or was not written by grok.py ({type(e).__name__}: {cause}); "
+                         f"{what_to_do}") from None
+
+
+def load_json(path, what_to_do):
+    """A JSON file, checked (one-line error if it is damaged)."""
+    def load(p):
+        with open(p) as f:
+            return json.load(f)
+    return load_checked(path, load, what_to_do)
+
+
+def save_json(obj, path, dir_fd=None, shown=None):
+    """Write obj as indented JSON, atomically."""
+    text = (json.dumps(obj, indent=1) + "\n").encode()
+    atomic_write(path, lambda f: f.write(text), dir_fd, shown)
+
+
+def save_torch(obj, path, dir_fd=None, shown=None):
+    """torch.save obj, atomically."""
+    # Serialised in memory first: a full disk inside torch's zip writer is a RuntimeError that names
+    # no file, while a full disk in f.write is an OSError that atomic_write reports in one line.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()), dir_fd, shown)
+
+
+def save_npz(arrays, path, dir_fd=None, shown=None):
+    """np.savez arrays (a dict), atomically."""
+    atomic_write(path, lambda f: np.savez(f, **arrays), dir_fd, shown)
+
+
+def read_source(init_from):
+    """The bytes of an --init-from source's params.pt, read once (None without --init-from)."""
+    # Read once, then hashed and loaded from these bytes: a source replaced while a run starts can
+    # never be recorded under one identity and loaded as another.
+    if not init_from:
+        return None
+    path = os.path.join(init_from, "params.pt")
+    if not os.path.isfile(path):
+        raise ValueError(f"--init-from {init_from}: no params.pt there (is the run finished?)")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def run_meta(cfg, runs, dims, n_pairs, device, source=None):
+    """What config.json records: every setting, the runs, the model's sizes, versions and the init source."""
+    meta = dict(config=dataclasses.asdict(cfg), runs=runs, dims=dims, n_pairs=n_pairs,
+                torch=torch.__version__, device=str(device))
+    shard = parse_shard(cfg.shard)
+    if shard:  # the whole sweep beside this shard's runs: the shards of one sweep are pooled by it (analysis.py)
+        meta["shard"] = dict(k=shard[0], n=shard[1], sweep=make_runs(cfg, n_pairs))
+    if source is not None:  # the source is identified by its content, so a moved source still matches
+        meta["init_sha256"] = hashlib.sha256(source).hexdigest()
+    return meta
+
+
+def run_settings(meta):
+    """What must match for a run directory to be resumed: settings by value, the source by content."""
+    # An empty --shard or a zero --wd-budget is left out, so that directories written before the flag existed still resume.
+    config = {k: v for k, v in meta["config"].items()
+              if k not in RESUME_FREE and not (k in ("shard", "wd_budget") and not v)}
+    settings = dict(config, runs=meta["runs"], init_sha256=meta.get("init_sha256", ""))
+    if "shard" in meta:  # a shard's runs can be equal in two sweeps: the shard resumes only in its own sweep
+        settings["sweep"] = meta["shard"]["sweep"]
+    return settings
+
+
+def check_meta(meta, path, what_to_do):
+    """Raise (one line) unless meta has the shape of a config.json that grok.py wrote."""
+    get = lambda k: meta.get(k) if isinstance(meta, dict) else None
+    runs, config = get("runs"), get("config")
+    ok = (isinstance(config, dict) and all(k in config for k in ("task", "p", "fmt", "epochs"))
+          and isinstance(get("dims"), dict) and isinstance(get("n_pairs"), int) and isinstance(runs, dict)
+          and all(isinstance(runs.get(k), list) for k in ("seed", "n_train", "wd", "lr"))
+          and len({len(runs[k]) for k in ("seed", "n_train", "wd", "lr")}) == 1)
+    if not ok:
+        raise ValueError(f"{path} is not a grok.py config.json (it needs 'config' with task, p, fmt and epochs, "
+                         f"'dims', 'n_pairs', and 'runs' with equal lists 'seed', 'n_train', 'wd', 'lr'); {what_to_do}")
+    return meta
+
+
+# What a run directory may hold: grok.py's files, its snapshots, temporary files of its writes,
+# and analysis/, where analysis.py writes by default.
+RUN_DIR_NAMES = ("config.json", "checkpoint.pt", "params.pt", "history.npz", "train_idx.npz", "snapshots", ".lock",
+                 "analysis")
+
+
+TMP_NAME = re.compile(r".+\.tmp\d+$")  # atomic_write's temporary files: NAME.tmpPID
+
+
+SNAPSHOT_NAME = re.compile(r"epoch_\d{8}\.pt$")
+
+
+HAVE_DIR_FD = hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd
+
+
+@dataclass
+class RunDir:
+    """A run directory held by this process: the path it was given, its lock, and the directory opened once.
+
+    Every read and write of the run goes through dir_fd, so it reaches the directory that was
+    locked: if that directory is deleted or moved while this process runs and another run takes
+    its path, the two never mix (and check_held stops this one at its next write).
+    """
+    path: str
+    lock_fd: int
+    dir_fd: int = -1  # -1 where the system has no openat: then files are named by path
+
+    def shown(self, name):
+        """name as a message shows it: under the path given."""
+        return os.path.join(self.path, name)
+
+    def at(self, name):
+        """(name, dir_fd) as os.open and atomic_write take them."""
+        return (name, self.dir_fd) if self.dir_fd >= 0 else (self.shown(name), None)
+
+    def exists(self, name):
+        """Whether name exists in the held directory."""
+        try:
+            os.stat(self.at(name)[0], dir_fd=self.at(name)[1])
+            return True
+        except FileNotFoundError:
+            return False
+
+    def read(self, name):
+        """The bytes of name in the held directory."""
+        with open(self.at(name)[0], "rb", opener=lambda p, fl: os.open(p, fl, dir_fd=self.at(name)[1])) as f:
+            return f.read()
+
+
+def path_error(out, shown, e):
+    """An OSError met while making --out or its lock file, as one line: a full disk stays an OSError (exit 1), the rest bad input."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(e.errno, f"could not write {shown}: {e.strerror}; free some space and run the same command again")
+    return ValueError(f"--out {out} cannot be used as a run directory ({e.strerror}: {shown}); allowed: a directory "
+                      f"this user can create and write, each name in its path at most 255 bytes")
+
+
+def check_run_dir_contents(out):
+    """Refuse an --out that holds anything but a grok.py run directory, before anything is written there."""
+    # A directory with someone else's files (or `--out /`) would be trained into and overwritten;
+    # run files without config.json or checkpoint.pt (the files that say whose run it is) would be
+    # mixed into a new run, old snapshots beside new ones.
+    if not os.path.isdir(out):
+        return
+    names = os.listdir(out)
+    snaps = os.path.join(out, "snapshots")
+    inner = os.listdir(snaps) if os.path.isdir(snaps) else []
+    foreign = sorted(n for n in names if n not in RUN_DIR_NAMES and not TMP_NAME.match(n))
+    foreign += sorted(f"snapshots/{n}" for n in inner if not (SNAPSHOT_NAME.match(n) or TMP_NAME.match(n)))
+    if foreign:
+        raise ValueError(f"--out {out} holds files that are not a grok.py run's ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); allowed: a new or empty directory, or a run directory")
+    run_files = sorted(n for n in names if n in ("params.pt", "history.npz", "train_idx.npz", "snapshots"))
+    if run_files and not {"config.json", "checkpoint.pt"} & set(names):
+        raise ValueError(f"--out {out} holds run files ({', '.join(run_files)}) but no config.json or checkpoint.pt, "
+                         f"so nothing says whose run they are; delete them or use another --out")
+
+
+def lock_run_dir(out):
+    """Make out, open it, and take its lock, so that one process at a time writes there: a RunDir.
+
+    The lock is the kernel's (flock): it goes away with the process that holds it, however that
+    process ends, so a writer that was killed leaves no lock behind (its temporary files, which
+    no other writer can own, are removed here).
+    """
+    try:
+        check_run_dir_contents(out)
+        os.makedirs(out, exist_ok=True)
+        rd = RunDir(out, -1, os.open(out, os.O_RDONLY | os.O_DIRECTORY) if HAVE_DIR_FD else -1)
+    except OSError as e:
+        raise path_error(out, out, e) from None
+    try:
+        name, at = rd.at(".lock")
+        rd.lock_fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644, dir_fd=at)
+    except OSError as e:
+        close_run_dir(rd)
+        raise path_error(out, rd.shown(".lock"), e) from None
+    fd = rd.lock_fd
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            close_run_dir(rd)
+            raise ValueError(f"{out} is being written by {holder}; wait for it to end, or use another --out") from None
+    before = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    if before:  # the previous writer ended without taking its name out: it was killed, or still is resumable
+        print(f"note: the last writer of {out} ({before}) ended without finishing; resuming", flush=True)
+    for sub in ("", "snapshots"):
+        folder = rd.shown(sub) if sub else out
+        for n in (os.listdir(folder) if os.path.isdir(folder) else []):
+            if TMP_NAME.match(n):
+                name, at = rd.at(os.path.join(sub, n) if sub else n)
+                os.remove(name, dir_fd=at)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+    return rd
+
+
+def close_run_dir(rd):
+    """Close a RunDir's descriptors."""
+    for fd in (rd.lock_fd, rd.dir_fd):
+        if fd >= 0:
+            os.close(fd)
+
+
+def unlock_run_dir(rd):
+    """Release the lock of lock_run_dir, marking that this writer ended cleanly."""
+    os.ftruncate(rd.lock_fd, 0)
+    close_run_dir(rd)
+
+
+def check_held(rd):
+    """Raise (one line) if rd's path no longer names the directory this process locked: deleted, moved or replaced."""
+    if rd.dir_fd < 0:
+        return
+    held = os.fstat(rd.dir_fd)
+    try:
+        now = os.stat(rd.path)
+        same = (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+    except OSError:
+        same = False
+    if not same:
+        raise ValueError(f"{rd.path} was deleted or replaced while this process was writing it; this process stops "
+                         f"and writes nothing more (whatever is at {rd.path} now is left alone)")
+
+
+def save_in(rd, name, obj, kind):
+    """Save obj as name inside the held run directory rd, atomically (kind: "json", "torch" or "npz")."""
+    check_held(rd)
+    path, at = rd.at(name)
+    dict(json=save_json, torch=save_torch, npz=save_npz)[kind](obj, path, at, rd.shown(name))
+
+
+def load_params_file(data, path, shapes, what_to_do):
+    """Stacked parameters (name -> [R, ...]) from the bytes of a params.pt, checked against the model's shapes."""
+    params = load_checked(path, lambda p: torch.load(io.BytesIO(data), map_location="cpu"), what_to_do)
+    if not isinstance(params, dict) or not all(torch.is_tensor(params.get(n)) for n in shapes):
+        raise ValueError(f"{path} holds no grok.py parameters; {what_to_do}")
+    for name, shape in shapes.items():
+        if tuple(params[name].shape[1:]) != shape:
+            raise ValueError(f"{path} holds parameters of another shape ({name} is {tuple(params[name].shape[1:])} "
+                             f"per run, this model needs {shape}); {what_to_do}")
+    return params
+
+
+def open_run_dir(rd, meta):
+    """Check that the held directory holds this config (or nothing yet) and write config.json; True if it is already finished."""
+    out = rd.path
+    fix = f"delete {out} to start again, or use another --out"
+    if rd.exists("config.json"):
+        path = rd.shown("config.json")
+        old = run_settings(check_meta(load_checked(path, lambda p: json.loads(rd.read("config.json")), fix), path, fix))
+    elif rd.exists("checkpoint.pt") or rd.exists("params.pt"):
+        # No config.json, but files of a run: only a checkpoint that records these very settings may go on.
+        old = (load_checkpoint_bytes(rd.read("checkpoint.pt"), rd.shown("checkpoint.pt"), fix).get("settings", {})
+               if rd.exists("checkpoint.pt") else {})
+        if old != run_settings(meta):
+            raise ValueError(f"{out} holds run files of unknown or other settings and no config.json; {fix}")
+        print(f"note: {rd.shown('config.json')} was missing; written again from the checkpoint's matching settings",
+              flush=True)
+    else:
+        old = run_settings(meta)
+    new = run_settings(meta)
+    differ = sorted(k for k in new if old.get(k) != new[k])
+    if differ:
+        raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)} differ); "
+                         f"use another --out or the same settings")
+    if not rd.exists("config.json"):
+        save_in(rd, "config.json", meta, "json")
+    if not rd.exists("params.pt"):
+        return False
+    # Finished: but only if params.pt is whole. A damaged one is named, and the run can finish again
+    # from its final checkpoint.
+    shapes = {n: tuple(meta["dims"][a] for a in axes) for n, axes in PARAM_SHAPES.items()}
+    again = (f"delete it and run the same command again (the run finishes again from its checkpoint)"
+             if rd.exists("checkpoint.pt") else fix)
+    params = load_params_file(rd.read("params.pt"), rd.shown("params.pt"), shapes, again)
+    if params["W_E"].shape[0] != len(meta["runs"]["seed"]):
+        raise ValueError(f"{rd.shown('params.pt')} holds {params['W_E'].shape[0]} runs, config.json "
+                         f"{len(meta['runs']['seed'])}; {again}")
+    return True
+
+
+def load_checkpoint_bytes(data, path, what_to_do):
+    """A checkpoint written by save_checkpoint, from its bytes, checked (one-line error naming path if it is damaged)."""
+    ck = load_checked(path, lambda p: torch.load(io.BytesIO(data), map_location="cpu"), what_to_do)
+    if not isinstance(ck, dict) or not {"params", "state", "hist", "epoch"} <= set(ck):
+        raise ValueError(f"{path} is not a grok.py checkpoint; {what_to_do}")
+    return ck
+
+
+def load_checkpoint(path, what_to_do):
+    """A checkpoint file written by save_checkpoint, checked (one-line error if it is damaged)."""
+    data = load_checked(path, lambda p: open(p, "rb").read(), what_to_do)
+    return load_checkpoint_bytes(data, path, what_to_do)
+
+
+def load_init(run_dir, source, cfg, seeds, shapes):
+    """Final parameters of a finished run (source: its params.pt's bytes) for each of cfg's runs; checks they fit.
+
+    A source with one run starts every run; a source with several runs (seeds) starts each run
+    from the source run of the same seed, so an ungrokking sweep keeps each network's own seed.
+    The source must be a network for the same task, modulus and input format.
+    """
+    path = os.path.join(run_dir, "params.pt")
+    fix = f"train the source again (rerun its grok.py command after deleting {path})"
+    cfg_path = os.path.join(run_dir, "config.json")
+    src_meta = check_meta(load_json(cfg_path, fix), cfg_path, fix)
+    theirs = {k: src_meta["config"].get(k) for k in ("task", "p", "fmt")}
+    ours = dict(task=cfg.task, p=cfg.p, fmt=cfg.fmt)
+    if theirs != ours:
+        raise ValueError(f"--init-from {run_dir} is a network for {theirs['task']}, p={theirs['p']}, {theirs['fmt']} "
+                         f"format; this run is {cfg.task}, p={cfg.p}, {cfg.fmt} format: allowed, a source of the same "
+                         f"task, modulus and format")
+    src = load_params_file(source, path, {}, fix)
+    if not torch.is_tensor(src.get("W_E")):
+        raise ValueError(f"{path} holds no grok.py parameters; {fix}")
+    n_src = src["W_E"].shape[0]
+    if n_src == 1:
+        pick = [0] * len(seeds)
+    else:
+        src_seeds = src_meta["runs"]["seed"]
+        missing = sorted(set(seeds) - set(src_seeds))
+        if missing or len(set(src_seeds)) != n_src:
+            raise ValueError(f"--init-from {run_dir} holds {n_src} runs with seeds {sorted(src_seeds)}; each run "
+                             f"starts from the source run of its seed, so --seeds must be among them (one run "
+                             f"per seed there), got {sorted(set(seeds))}")
+        pick = [src_seeds.index(s) for s in seeds]
+    out = {}
+    for name, shape in shapes.items():
+        t = src.get(name)
+        if t is None or tuple(t.shape[1:]) != shape:
+            got = None if t is None else tuple(t.shape[1:])
+            raise ValueError(f"--init-from {run_dir} is a run of another shape: {name} is {got} per run, "
+                             f"this run needs {shape}")
+        if not torch.isfinite(t[pick]).all():
+            raise ValueError(f"--init-from {run_dir}: {name} has non-finite values; a diverged run cannot start others")
+        out[name] = t[pick].clone()  # [R, *shape]
+    return out
+
+
+def initial_params(cfg, runs, dims, source):
+    """Every run's starting parameters, stacked on the run axis: fresh (by seed) or from --init-from's bytes."""
+    if cfg.init_from:
+        shapes = {n: tuple(dims[a] for a in axes) for n, axes in PARAM_SHAPES.items()}
+        return load_init(cfg.init_from, source, cfg, runs["seed"], shapes)
+    per_run = [init_params(dims, s) for s in runs["seed"]]
+    return {n: torch.stack([p[n] for p in per_run]) for n in PARAM_SHAPES}
+
+
+def start_or_resume(rd, settings, init, device):
+    """Parameters, AdamW moments, history, stopped runs, first epoch and seconds trained so far.
+
+    Fresh from init (the stacked starting parameters), or from the held directory's checkpoint,
+    which is used only if it records the same settings (config.json alone could have been replaced).
+    """
+    out = rd.path
+    params = {n: t.clone() for n, t in init.items()}
+    state = {k: {n: torch.zeros_like(t) for n, t in params.items()} for k in ("m", "v")}  # AdamW's m and v
+    R = params["W_E"].shape[0]
+    hist, stops, start, wall0 = new_history(), dict(epoch=[-1] * R, reason=[""] * R, first_pass=[-1] * R), 0, 0.0
+    ckpt_path = rd.shown("checkpoint.pt")
+    if rd.exists("checkpoint.pt"):
+        ck = load_checkpoint_bytes(rd.read("checkpoint.pt"), ckpt_path,
+                                   f"delete it to train {out} again from the start, or use another --out")
+        if ck.get("settings", settings) != settings:
+            raise ValueError(f"{ckpt_path} was written with other settings than {out}/config.json says; "
+                             f"delete the directory or use another --out")
+        params, state, hist, start, wall0 = ck["params"], ck["state"], ck["hist"], ck["epoch"], ck["wall_s"]
+        stops = ck.get("stops", stops)
+        stops.setdefault("first_pass", [-1] * R)  # a checkpoint from before the convergence test was recorded
+        for k in CONVERGE_KEYS:
+            hist.setdefault(k, [torch.full((R,), float("nan"), dtype=torch.float64) for _ in hist["epoch"]])
+        print(f"resuming {out} from epoch {start}", flush=True)
+    params = {n: t.to(device) for n, t in params.items()}
+    state = {k: {n: t.to(device) for n, t in s.items()} for k, s in state.items()}
+    return params, state, hist, stops, start, wall0
+
+
+def save_checkpoint(rd, params, state, hist, stops, epoch, wall_s, settings):
+    """Everything needed to resume bit-identically (with the settings it belongs to), and the history so far."""
+    save_in(rd, "checkpoint.pt", dict(params={n: t.detach() for n, t in params.items()}, state=state, hist=hist,
+                                      stops=stops, epoch=epoch, wall_s=wall_s, settings=settings), "torch")
+    save_in(rd, "history.npz", history_arrays(hist, stops), "npz")
+
+
+def save_snapshot(rd, params, epoch):
+    """The parameters at one epoch, for analysis.py's curves over training."""
+    if not rd.exists("snapshots"):
+        name, at = rd.at("snapshots")
+        try:
+            os.mkdir(name, dir_fd=at)
+        except OSError as e:
+            raise OSError(e.errno, f"could not write {rd.shown('snapshots')}: {e.strerror}") from None
+    save_in(rd, os.path.join("snapshots", f"epoch_{epoch:08d}.pt"),
+            {n: t.detach().cpu() for n, t in params.items()}, "torch")
+
+
+def stops_of_finished(rd):
+    """The stopped runs recorded in a finished directory's history.npz."""
+    path = rd.shown("history.npz")
+    h = load_checked(path, lambda p: dict(np.load(io.BytesIO(rd.read("history.npz")))),
+                     f"delete {rd.path} and train it again")
+    return dict(epoch=np.asarray(h.get("stop_epoch", [])).tolist(), reason=np.asarray(h.get("stop_reason", [])).tolist())
+
+
+def freeze_diverged(rd, params, state, hist, stops, first_bad, init):
+    """Freeze each still-training run whose loss or parameters went non-finite; returns the runs frozen now.
+
+    A frozen run keeps its last state known to be finite: the last checkpoint's, if its loss was
+    still finite there, else its starting state. Its records after that epoch are set to NaN (they
+    belong to the abandoned trajectory), and stops records the epoch and the reason.
+    """
+    with torch.no_grad():
+        finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in params.values()]).all(0)  # [R]
+    first_bad, finite = first_bad.tolist(), finite.tolist()  # the one read of the running flag
+    on = still_training(stops)
+    bad = [r for r in range(len(finite)) if on[r] and (first_bad[r] >= 0 or not finite[r])]
+    if not bad:
+        return []
+    ck = (load_checkpoint_bytes(rd.read("checkpoint.pt"), rd.shown("checkpoint.pt"), "delete it and run again")
+          if rd.exists("checkpoint.pt") else None)
+    for r in bad:
+        use_ck = ck is not None and (first_bad[r] < 0 or ck["epoch"] < first_bad[r])
+        back = ck["epoch"] if use_ck else 0
+        with torch.no_grad():
+            for n, t in params.items():
+                t[r] = (ck["params"][n][r] if use_ck else init[n][r]).to(t.device)
+                for k in ("m", "v"):
+                    state[k][n][r] = ck["state"][k][n][r].to(t.device) if use_ck else 0.0
+        stops["epoch"][r] = back
+        stops["reason"][r] = (f"diverged: non-finite loss at epoch {first_bad[r]}" if first_bad[r] >= 0
+                              else "diverged: non-finite parameters")
+        for i, e in enumerate(hist["epoch"]):
+            if e > back:
+                for k in hist:
+                    if k not in ("epoch", "wall_s"):
+                        hist[k][i][r] = float("nan")
+        print(f"run {r} {stops['reason'][r]}; frozen at its state of epoch {back}", flush=True)
+    return bad
+
+
+# -----------------------------------------------------------------------------
+# Benchmark: --bench times the epochs a sweep trains, this file's way or the straightforward way
+# (forward + torch.optim.AdamW, or the runs one by one), for the README's speed tables.
+
+
 def sync(device):
     """Wait for queued GPU work, so that timings are honest."""
     if device.type == "cuda":
@@ -1781,10 +1817,11 @@ def serial_steps(params, cfg, runs, tokens, train_idx, train_labels, test_idx, l
 
 def bench(cfg):
     """Time the workload of one epoch (an AdamW step, then a forward over every test pair); prints one line."""
+    check_config(cfg)
     device = resolve_device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    tokens, labels, runs, dims = describe(cfg)
+    tokens, labels, runs, dims = sweep_data(cfg)
     R = len(runs["seed"])
     if R == 0:
         raise ValueError(f"--bench --shard {cfg.shard}: this shard holds no runs of the sweep; bench a shard that has some")
@@ -1876,7 +1913,7 @@ def main(argv=None):
     cfg = None
     try:
         cfg = config_from_args(argv)
-        train(cfg)
+        bench(cfg) if cfg.bench else train(cfg)
     except KeyboardInterrupt:  # Ctrl-C: the last checkpoint is whole (every write is atomic)
         where = f" in {cfg.out}" if cfg is not None else ""
         print(f"error: interrupted; run the same command again to resume from the last checkpoint{where}",

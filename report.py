@@ -1457,7 +1457,7 @@ def section_fig8(folder):
     return L, []
 
 
-def summary_lines(rows, dcrit):
+def results_summary_table(rows, dcrit):
     """The summary table of results.md (the README's results table is these lines)."""
     L = ["## Summary", "", "| claim | measured | spread | seeds | runs converged | verdict |",
          "| --- | --- | --- | --- | --- | --- |"]
@@ -1520,7 +1520,7 @@ def report_lines(folder, profile):
         lines, dcrit = dcrit_section(folder)
     except analysis.ShardsIncomplete as e:
         lines, dcrit = ["## D_crit for modular addition", "", f"Incomplete: {e}. No estimate.", ""], []
-    return L + lines + summary_lines(rows, dcrit)
+    return L + lines + results_summary_table(rows, dcrit)
 
 
 # -----------------------------------------------------------------------------

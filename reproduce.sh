@@ -81,7 +81,7 @@ fi
 # experiments at p=41 (1681 pairs; every figure's title says so); Fig. 1a keeps the paper's p=113.
 # EXPECT_* are stage times in seconds measured on a 2-core CPU (0: not measured).
 #
-# Convergence (grok.py's test, fixed before any run of these sweeps was judged): over the trailing
+# Convergence (grok.py's test; a change to it carries its reason beside it): over the trailing
 # CONVERGE_WINDOW epochs, the range of the four quarters' medians of the accuracy the claims read
 # (test; train for random labels) is at most 0.005, of log(loss + 0.01) at most 0.05 and of log
 # norm at most 0.005. P2-P4 are about accuracy "at convergence" (Sec. 5.2, 5.3); P1 reads the norm.
@@ -114,7 +114,7 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
   GROK_EPOCHS=9000          # the standard run reaches 99% test accuracy near epoch 7800
   FULL_SEEDS=0-2            # ungrokking sources: 3 networks trained on all 1681 pairs (Fig. 4 caption)
   FULL_EPOCHS=2000
-  UNGROK_SIZES=50,70,100,130,170,230,300   # D' over the transition (an earlier p=41 sweep crossed 0.5 near 120)
+  UNGROK_SIZES=50,70,100,130,170,230,300   # D' over the transition (a probe sweep at p=41 crossed 0.5 near 120)
   UNGROK_WDS=1,3            # P3: "a range of weight decays"; each run to convergence, not to equal lr*wd*epochs
   UNGROK_EPOCHS=3000        # the budget: a run not converged by then is reported as such
   SCRATCH_SIZES=600,700,800,1000   # from scratch around where p=41 groks within the budget

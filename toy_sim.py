@@ -286,7 +286,7 @@ def half_peak_step(curve):
     return peak + int(below[0]) if below.size else -1
 
 
-def summary_lines(names, curves):
+def preset_summary(names, curves):
     """Return one summary line per preset: grokking step, final losses and weights."""
     lines = []
     for i, name in enumerate(names):
@@ -637,7 +637,7 @@ def main(argv=None):
         check_config(c)
     curves = run_configs(cfgs)
     data = {"names": names, "switch_step": [c.switch_step for c in cfgs], **curves}
-    print("\n".join(summary_lines(names, curves)))
+    print("\n".join(preset_summary(names, curves)))
     what = "fig2" if base.preset == "fig2" else base.preset
     path = base.out or os.path.join("figures", f"toy_{what}.png")
     plot_fig2(data, path)

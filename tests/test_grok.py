@@ -299,7 +299,7 @@ def test_batch_losses_and_gradients_equal_forward_run_by_run(device):
     # parameters split per group) against the textbook forward, run by run in float64: runs of
     # three sizes, two learning rates (so groups are formed per lr) and shuffled batch order.
     cfg = grok.Config(p=11, train="30,40,70", seeds="0,1", lr="1e-3,3e-3", device=device, **SMALL)
-    tokens, labels, runs, dims = grok.describe(cfg)
+    tokens, labels, runs, dims = grok.sweep_data(cfg)
     R = len(runs["seed"])
     train_idx, _, train_labels = grok.run_splits(runs, labels, dims["n_out"], False)
     params = {n: t.to(device, torch.float64) for n, t in grok.initial_params(cfg, runs, dims, None).items()}
@@ -519,7 +519,7 @@ def test_bench_prints_the_result_line(tmp_path, impl, capsys):
 
 def test_reference_bench_needs_one_lr_and_wd():
     with pytest.raises(ValueError, match="one --lr and one --wd"):
-        grok.train(small_cfg("unused", bench=True, bench_impl="reference", wd="0.5,1", bench_epochs=1))
+        grok.bench(small_cfg("unused", bench=True, bench_impl="reference", wd="0.5,1", bench_epochs=1))
 
 
 # -----------------------------------------------------------------------------

@@ -531,7 +531,7 @@ def test_memory_check_counts_the_parameters(monkeypatch):
     assert grok.param_count(dims) == brute, (grok.param_count(dims), brute)
     monkeypatch.setattr(grok, "available_memory", lambda: 8 * 2 ** 30)
     with pytest.raises(ValueError, match="parameters a run"):
-        grok.describe(cfg)
+        grok.sweep_data(cfg)
 
 
 def test_init_from_a_network_of_another_task_is_refused(tmp_path):

@@ -150,10 +150,10 @@ def brute_half_peak(curve):
     return next((t for t in range(peak, len(curve)) if curve[t] < curve[peak] / 2), -1)
 
 
-def test_summary_lines_state_the_known_outcomes(tmp_path):
+def test_preset_summary_states_the_known_outcomes(tmp_path):
     names = ["a", "b", "c"]
     curves = toy_sim.run_configs([toy_sim.Config(**toy_sim.preset_overrides(n)) for n in names])
-    lines = toy_sim.summary_lines(names, curves)
+    lines = toy_sim.preset_summary(names, curves)
     steps = [brute_half_peak(list(curves["test"][:, i])) for i in range(3)]
     # Fig. 2: (a) groks late, (b) never groks, (c) generalises at once.
     assert steps[0] > 2500 and steps[1] == -1 and 0 <= steps[2] < steps[0] / 10, steps
