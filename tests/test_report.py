@@ -481,6 +481,24 @@ def test_false_convergence_on_real_runs_trained_on_after_passing(tmp_path):
     assert f["crossed"] == 0, f
 
 
+def test_readme_verdicts_at_a_glance_are_the_results_md_verdicts():
+    # The first screen's table of verdicts: each row's claim and its verdict in each profile must
+    # be the saved results.md's (figures/results_<profile>.md), so that it cannot drift from them.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    readme = open(os.path.join(root, "README.md")).read()
+    glance = readme.split("**The verdicts at a glance**")[1].split("## Two commands")[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in glance.splitlines()
+            if line.startswith("| ") and not line.startswith("| claim") and not line.startswith("| ---")]
+    for col, profile in ((2, "quick"), (3, "long")):
+        saved = open(os.path.join(root, "figures", f"results_{profile}.md")).read().split("## Summary")[1]
+        verdicts = {c[0]: c[-1] for c in ([x.strip() for x in line.strip().strip("|").split("|")]
+                                          for line in saved.splitlines() if line.startswith("| "))}
+        judged = [claim for claim, v in verdicts.items() if v in ("held", "not held", "inconclusive")]
+        assert [r[0] for r in rows] == judged, f"{profile}: the README's claims {[r[0] for r in rows]} != {judged}"
+        wrong = [(r[0], r[col], verdicts[r[0]]) for r in rows if r[col] != verdicts[r[0]]]
+        assert not wrong, f"{profile}: README verdict != results.md verdict: {wrong}"
+
+
 def test_readme_results_tables_are_results_md_line_for_line():
     # The README's tables of results are copied from the saved results.md of each profile it shows
     # (figures/results_<profile>.md): the same lines, so that no number in them is typed by hand.
