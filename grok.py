@@ -1070,6 +1070,35 @@ def converged_at_end(h, cfg):
     return stopped | passes_convergence(last, test).numpy()
 
 
+def settled_at_levels(h, cfg, levels, at=None):
+    """Per run of a saved history and per level: does it pass the test at record `at` (default: its last while it
+    trained) with the accuracy condition read at that level alone? [R, len(levels)] bools."""
+    # A bracket at level L reads only which side of L a run's accuracy at convergence lies on (Sec.
+    # 5.2: "test accuracy at convergence"), so for that bracket a run is settled when its window's
+    # records lie on one side of L and out of reach of it, and the loss and norm conditions pass. A run
+    # that sits at 0.69 and wanders across 0.7 has no settled side of 0.7 (D_crit at 0.7 cannot use
+    # it), but it is settled above 0.5 (P3 can). Without --converge-levels, or for runs the test
+    # stopped, this is converged_at_end at every level.
+    R, L = len(h["stop_reason"]), len(levels)
+    if not (cfg.get("converge_train_on") and cfg.get("converge_levels")) or "move_loss" not in h:
+        return np.repeat(converged_at_end(h, cfg)[:, None], L, axis=1)
+    at = last_trained_record(h) if at is None else np.broadcast_to(np.asarray(at), (R,))
+    epoch, W = np.asarray(h["epoch"]), cfg["converge_window"]
+    acc = np.asarray(h["train_acc" if cfg.get("random_labels") else "test_acc"])  # [R, T]
+    rows = np.arange(R)
+    with np.errstate(invalid="ignore"):  # nan (a window not yet spanned) fails
+        ok = ((np.asarray(h["move_loss"])[rows, at] <= cfg["converge_loss"])
+              & (np.asarray(h["move_norm"])[rows, at] <= cfg["converge_norm"]))  # [R]
+    out = np.zeros((R, L), bool)
+    for a in np.unique(at):  # the runs read at one record share its window: [n, T] at a time
+        sel = at == a
+        now = epoch[a]
+        reach = cfg["converge_acc"] * now / W  # as convergence_movements: the drift the test allows over as long again
+        for k, level in enumerate(levels):
+            out[sel, k] = ok[sel] & (window_straddles(epoch, acc[sel], now, W, [level], reach) == 0)
+    return out
+
+
 def still_training(stops):
     """Per run, whether it still trains: not stopped (converged, --stop-acc, --wd-budget) nor frozen (diverged). [R] bools."""
     return [e < 0 for e in stops["epoch"]]

@@ -136,6 +136,7 @@ def run_table(run):
     return dict(D=np.array(runs["n_train"]), wd=np.array(runs["wd"], float), seed=np.array(runs["seed"]),
                 train_acc=h["train_acc"][:, -1], test_acc=h["test_acc"][:, -1],
                 converged=grok.converged_at_end(h, run["cfg"]),
+                settled=grok.settled_at_levels(h, run["cfg"], VERDICT_LEVELS),  # [R, len(VERDICT_LEVELS)]
                 stop_epoch=np.array(h["stop_epoch"] if "stop_epoch" in h else [-1] * R))
 
 
@@ -174,6 +175,18 @@ def movement_line(run):
 VERDICT_LEVELS = (0.2, 0.5, 0.7, 0.9)
 
 
+def settled(table, level):
+    """Per row of a run table: is the run settled for a bracket at this level (converged, its side of the level fixed)?"""
+    # run_table's "settled" holds grok.settled_at_levels at VERDICT_LEVELS; without it (or at another
+    # level) a run is settled where it converged. Each bracket reads the test at its own level, where
+    # it first read it at all four levels at once. The reason is what a bracket reads, not a verdict:
+    # a run whose side of 0.5 is settled while it wanders across 0.7 says where P3's 0.5 crossing is,
+    # and nothing about D_crit at 0.7. The loss and norm conditions, the reach and the levels stay.
+    if "settled" in table and level in VERDICT_LEVELS:
+        return np.asarray(table["settled"])[:, VERDICT_LEVELS.index(level)]
+    return np.asarray(table["converged"], bool)
+
+
 def false_convergence(run):
     """Runs that passed the convergence test and trained on for as many epochs again: how far they moved since.
 
@@ -196,11 +209,23 @@ def false_convergence(run):
     acc, norm = np.asarray(h[which]), np.log(np.asarray(h["param_norm"]))
     # [R]: the last epoch each run trained (--wd-budget may stop it before the end)
     rows, end = [], e[grok.last_trained_record(h) if "stop_reason" in h else np.full(len(acc), -1)]
-    for r, ec in enumerate(np.asarray(h["converged_epoch"])):
-        if ec < 0 or end[r] < 2 * ec:
+    per_level = by_levels and "move_loss" in h
+    if per_level:
+        # The brackets count a run at a level once it is settled there (grok.settled_at_levels), so each
+        # (run, level) is followed from the first record it was settled at that level, e, to 2e: did it
+        # cross that level?
+        first = np.full((len(acc), len(levels)), -1)
+        for i in range(len(e)):
+            s = grok.settled_at_levels(h, c, levels, at=np.full(len(acc), i))  # [R, L]
+            first[s & (first < 0) & (e[i] <= end)[:, None]] = i
+        starts = [(r, e[first[r, k]], (lv,)) for r in range(len(acc)) for k, lv in enumerate(levels) if first[r, k] >= 0]
+    else:
+        starts = [(r, ec, levels) for r, ec in enumerate(np.asarray(h["converged_epoch"])) if ec >= 0]
+    for r, ec, crossing_levels in starts:
+        if end[r] < 2 * ec:
             continue
         i, j = int(np.searchsorted(e, ec)), int(np.searchsorted(e, 2 * ec))
-        crossed = any(len(set((acc[r, i:j + 1] < lv).tolist())) > 1 for lv in levels)  # on both sides of a level
+        crossed = any(len(set((acc[r, i:j + 1] < lv).tolist())) > 1 for lv in crossing_levels)  # both sides of one
         rows.append((r, abs(acc[r, j] - acc[r, i]), abs(norm[r, j] - norm[r, i]), crossed, e[j] - e[i]))
     if not rows:
         return None
@@ -214,8 +239,8 @@ def false_convergence(run):
     within = (cross.sum() == 0 and (by_levels or bool((per_w(da) <= c["converge_acc"]).all()))
               and bool((per_w(dn) <= c["converge_norm"]).all()))
     return dict(runs=r, acc=da, norm=dn, acc_per_window=per_w(da), norm_per_window=per_w(dn), crossed=int(cross.sum()),
-                levels=levels, by_levels=by_levels, window=W, limits=(c["converge_acc"], c["converge_norm"]),
-                within=bool(within))
+                levels=levels, by_levels=by_levels, per_level=per_level, window=W,
+                limits=(c["converge_acc"], c["converge_norm"]), within=bool(within))
 
 
 def false_convergence_line(run):
@@ -225,12 +250,17 @@ def false_convergence_line(run):
         return "False convergence: no run of this sweep trained on past twice the epoch it first passed the test."
     med = lambda x: f"median {np.median(x):.4f} (max {x.max():.4f})"
     lv = ", ".join(f"{x:g}" for x in f["levels"])
-    acc_rule = (f"no crossing of {lv}" if f["by_levels"] else f"accuracy at most {f['limits'][0]:g} per "
-                f"{f['window']} epochs, and no crossing of {lv}")
-    return (f"False convergence: {len(f['runs'])} runs passed the test at some epoch e and trained on to 2e; from e to "
+    acc_rule = ("no crossing of the level a run was settled at" if f["per_level"] else f"no crossing of {lv}"
+                if f["by_levels"] else f"accuracy at most {f['limits'][0]:g} per {f['window']} epochs, and no crossing "
+                f"of {lv}")
+    who = (f"{len(f['runs'])} (run, level) pairs, {len(np.unique(f['runs']))} runs, were settled at a level (one of {lv}) "
+           f"at some epoch e and trained on to 2e" if f["per_level"] else
+           f"{len(f['runs'])} runs passed the test at some epoch e and trained on to 2e")
+    cross = "crossed their level" if f["per_level"] else f"crossed a level ({lv})"
+    return (f"False convergence: {who}; from e to "
             f"2e their accuracy moved {med(f['acc'])} and log norm {med(f['norm'])}, per {f['window']} epochs of that "
-            f"span accuracy {med(f['acc_per_window'])} and log norm {med(f['norm_per_window'])}; {f['crossed']} crossed "
-            f"a level ({lv}) after passing. Within the test's tolerance ({acc_rule}; log norm at most "
+            f"span accuracy {med(f['acc_per_window'])} and log norm {med(f['norm_per_window'])}; {f['crossed']} {cross} "
+            f"after passing. Within the test's tolerance ({acc_rule}; log norm at most "
             f"{f['limits'][1]:g} per {f['window']} epochs): **{'yes' if f['within'] else 'no'}**.")
 
 
@@ -251,14 +281,16 @@ def crossing(D, acc, level=0.5):
     return float("nan")
 
 
-def bracket(D, acc, converged, below, above=None):
+def bracket(D, acc, converged, below, above=None, converged_above=None):
     """Where a curve's converged runs put its rise: (lo, hi), lo the largest converged D with acc < below (0: none, a
-    bound), hi the smallest converged D with acc > above (default >= below; inf: none, a bound)."""
+    bound), hi the smallest converged D with acc > above (default >= below; inf: none, a bound). converged_above: which
+    runs count for hi, when that differs (settled at the level `above`; default `converged`)."""
     # What cannot be seen is a bound: with no converged run under the level, the rise lies somewhere
     # below hi ("below 600"); with none over it, above lo. Unconverged runs neither narrow nor block.
     D, acc, converged = np.asarray(D, float), np.asarray(acc, float), np.asarray(converged, bool)
+    conv_hi = converged if converged_above is None else np.asarray(converged_above, bool)
     lows = D[converged & (acc < below)]
-    highs = D[converged & ((acc > above) if above is not None else (acc >= below))]
+    highs = D[conv_hi & ((acc > above) if above is not None else (acc >= below))]
     return (float(lows.max()) if len(lows) else 0.0, float(highs.min()) if len(highs) else float("inf"))
 
 
@@ -400,20 +432,24 @@ def check_grokking(epoch, train_acc, test_acc, seed, level=0.99, min_delay=10.0,
     return dict(v, ratio=bound[ok], t_train=t_tr, t_test=t_te, censored=censored)
 
 
-def p2_curve(D, acc, converged, low=0.2, high=0.9, max_width=3.0):
-    """One ungrokking curve's bracket and status: (lo, hi, width, status), status one of pass, fail, open, unspanned."""
+def p2_curve(D, acc, converged, low=0.2, high=0.9, max_width=3.0, converged_high=None):
+    """One ungrokking curve's bracket and status: (lo, hi, width, status), status one of pass, fail, open, unspanned.
+    converged: the runs settled for `low`; converged_high: for `high` (default the same)."""
     # The fall lies between lo, the largest converged D' under `low`, and hi, the smallest converged
     # D' over `high`. pass: hi / lo <= max_width. fail: hi / lo > max_width with no unconverged run
     # inside the bracket (none could narrow it), or converged accuracy high below a low one (no
     # single step). open: too wide, but unconverged runs inside might narrow it. unspanned: the
     # converged runs do not reach both levels, so this grid says nothing about the curve's width.
-    lo, hi = bracket(D, acc, converged, low, high)
+    conv_hi = converged if converged_high is None else converged_high
+    lo, hi = bracket(D, acc, converged, low, high, conv_hi)
     if lo == 0 or not np.isfinite(hi):
         return lo, hi, float("nan"), "unspanned"
     if hi < lo:
         return lo, hi, float("nan"), "fail"
     width = hi / lo
-    inside = np.any(~np.asarray(converged, bool) & (np.asarray(D) > lo) & (np.asarray(D) < hi))
+    # A run unsettled at either level could still end below `low` or above `high` and narrow it.
+    both = np.asarray(converged, bool) & np.asarray(conv_hi, bool)
+    inside = np.any(~both & (np.asarray(D) > lo) & (np.asarray(D) < hi))
     return lo, hi, width, "pass" if width <= max_width else ("open" if inside else "fail")
 
 
@@ -427,9 +463,10 @@ def check_p2(table, low=0.2, high=0.9, max_width=3.0, min_seeds=3):
     # transition decides nothing: inconclusive, never not held.
     rows = []
     for (s, w), c in curves(table):
-        lo, hi, width, status = p2_curve(c["D"], c["test_acc"], c["converged"], low, high, max_width)
-        rows.append(dict(seed=s, wd=w, lo=lo, hi=hi, width=width, status=status, n_conv=int(c["converged"].sum()),
-                         n=len(c["D"])))
+        lo, hi, width, status = p2_curve(c["D"], c["test_acc"], settled(c, low), low, high, max_width,
+                                         settled(c, high))
+        rows.append(dict(seed=s, wd=w, lo=lo, hi=hi, width=width, status=status,
+                         n_conv=int((settled(c, low) & settled(c, high)).sum()), n=len(c["D"])))
     decided = [r for r in rows if r["status"] in ("pass", "fail")]
     wds = np.unique(table["wd"])
     seeds_ok = min((n_seeds([r["seed"] for r in decided if r["wd"] == w]) for w in wds), default=0)
@@ -451,9 +488,10 @@ def check_p2(table, low=0.2, high=0.9, max_width=3.0, min_seeds=3):
                      "unconverged run between them (fail); held if every decided curve passes, not held if fewer "
                      "than half do",
                 min_seeds=min_seeds, seeds=f"{seeds_ok} decided per weight decay",
-                convergence="each run judged by grok.py's convergence test; unconverged runs neither block nor narrow",
-                n_converged=int(table["converged"].sum()), n_runs=len(table["D"]), value=value,
-                spread=spread_text([r["width"] for r in decided]),
+                convergence=f"each run judged by grok.py's convergence test, its accuracy read at {low:g} and {high:g} "
+                            "(settled_at_levels); unsettled runs neither block nor narrow",
+                n_converged=int((settled(table, low) & settled(table, high)).sum()), n_runs=len(table["D"]),
+                value=value, spread=spread_text([r["width"] for r in decided]),
                 result=outcome(seeds_ok >= min_seeds, True, n_pass == len(decided), n_pass < len(decided) / 2))
     return dict(v, rows=rows)
 
@@ -481,7 +519,7 @@ def check_p3(table, level=0.5, max_spread=1.5, min_seeds=3):
     wds = np.unique(table["wd"])
     per_seed = {}
     for (s, w), c in curves(table):
-        per_seed.setdefault(s, {})[w] = bracket(c["D"], c["test_acc"], c["converged"], level)
+        per_seed.setdefault(s, {})[w] = bracket(c["D"], c["test_acc"], settled(c, level), level)
     rows = []
     for s, b in per_seed.items():
         if len(b) < len(wds) or any(hi < lo for lo, hi in b.values()):
@@ -509,8 +547,9 @@ def check_p3(table, level=0.5, max_spread=1.5, min_seeds=3):
                      f"spread (largest / smallest D') the brackets allow is <= {max_spread:g}, fails if even the "
                      f"narrowest is > {max_spread:g}; held if every decided network holds, not held if fewer than half do",
                 min_seeds=min_seeds, seeds=f"{len(decided)} decided",
-                convergence="each run judged by grok.py's convergence test; unconverged runs neither block nor narrow",
-                n_converged=int(table["converged"].sum()), n_runs=len(table["D"]), value=value,
+                convergence=f"each run judged by grok.py's convergence test, its accuracy read at {level:g} "
+                            "(settled_at_levels); unsettled runs neither block nor narrow",
+                n_converged=int(settled(table, level).sum()), n_runs=len(table["D"]), value=value,
                 spread=spread_text([r["wide"] for r in decided]),
                 result=outcome(len(decided) >= min_seeds and len(wds) >= 2, True, n_held == len(decided),
                                n_held < len(decided) / 2))
@@ -524,7 +563,7 @@ def dcrit_brackets(table, levels=(0.5, 0.7), by_wd=True):
     for level in levels:
         for w in (np.unique(table["wd"]) if by_wd else [float("nan")]):
             sub = {k: v[table["wd"] == w] for k, v in table.items()} if by_wd else table
-            b = {s[0]: bracket(c["D"], c["test_acc"], c["converged"], level) for s, c in curves(sub, keys=("seed",))}
+            b = {s[0]: bracket(c["D"], c["test_acc"], settled(c, level), level) for s, c in curves(sub, keys=("seed",))}
             end = {s[0]: bracket(c["D"], c["test_acc"], np.ones(len(c["D"]), bool), level)
                    for s, c in curves(sub, keys=("seed",))}  # shown, not judged: every run's last state
             out.append((float(w), level, b, end))

@@ -683,6 +683,42 @@ def test_converge_levels_need_the_level_out_of_reach_for_as_long_again():
         assert moves["move_levels"].tolist() == want, (now, moves["move_levels"], want)
         assert grok.passes_convergence(moves, cfg).tolist() == want_pass, now
 
+def test_settled_at_levels_reads_each_level_alone():
+    # A bracket at level L reads only the side of L: a run wandering across 0.7 has a settled side of
+    # 0.5 and none of 0.7. Against brute force over the window's records, and, at every level at once,
+    # against the loop's own test (convergence_movements, passes_convergence).
+    levels = (0.2, 0.5, 0.7, 0.9)
+    epochs = np.arange(0, 8001, 100)
+    T = len(epochs)
+    x = np.stack([0.69 + 0.015 * np.sin(epochs / 200),  # across 0.7, inside (0.5, 0.9)
+                  np.full(T, 0.35), np.full(T, 0.35),  # settled; the second fails the loss condition
+                  np.full(T, 0.515)])  # 0.015 from 0.5: inside the reach at epoch 8000 (0.005 * 8000 / 2000)
+    loss = np.full((4, T), 0.5)
+    loss[2] = 0.5 * np.exp(np.sin(epochs / 300))  # a loss that swings: log(loss + 0.01) moves far over 0.05
+    cfg = grok.Config(converge_window=2000, converge_acc=0.005, converge_loss=0.05, converge_norm=0.005,
+                      converge_levels="0.2,0.5,0.7,0.9", converge_train_on=True)
+    hist = {"epoch": epochs.tolist(), "test_acc": [torch.tensor(x[:, t]) for t in range(T)],
+            "test_loss": [torch.tensor(loss[:, t]) for t in range(T)],
+            "param_norm": [torch.full((4,), 30.0, dtype=torch.float64) for _ in range(T)]}
+    moves = grok.convergence_movements(cfg, hist, 8000)
+    h = dict(epoch=epochs, test_acc=x, stop_reason=np.array([""] * 4), stop_epoch=np.full(4, -1),
+             **{k: np.repeat(v.numpy()[:, None], T, axis=1) for k, v in moves.items()})
+    saved = {k: getattr(cfg, k) for k in ("converge_window", "converge_acc", "converge_loss", "converge_norm",
+                                          "converge_levels", "converge_train_on")}
+    got = grok.settled_at_levels(h, saved, levels)
+    inside, reach = x[:, epochs > 6000], 0.005 * 8000 / 2000
+    ok = (moves["move_loss"] <= 0.05).numpy() & (moves["move_norm"] <= 0.005).numpy()
+    want = np.array([[ok[r] and ((row < lv).all() or (row >= lv).all()) and np.abs(row - lv).min() > reach
+                      for lv in levels] for r, row in enumerate(inside)])
+    assert np.array_equal(got, want), (got, want)
+    assert got.tolist() == [[True, True, False, True], [True] * 4, [False] * 4, [True, False, True, True]], got
+    assert np.array_equal(got.all(axis=1), grok.passes_convergence(moves, cfg).numpy())
+    # Without --converge-levels, every level reads the run's own test.
+    plain = {**saved, "converge_levels": ""}
+    assert np.array_equal(grok.settled_at_levels(h, plain, levels),
+                          np.repeat(grok.converged_at_end(h, plain)[:, None], 4, axis=1))
+
+
 CONVERGE = dict(converge_window=60, converge_acc=0.05, converge_loss=0.1, converge_norm=0.006, epochs=300,
                 log_every=5, ckpt_every=50, lr="3e-3", train="80")
 

@@ -105,6 +105,56 @@ def test_dcrit_brackets_per_seed_with_bounds():
     assert b[0] == (200, 800) and end[0] == (200, 400), (b, end)  # the last state, shown, keeps 400
 
 
+def test_brackets_read_each_level_where_the_run_is_settled():
+    # report.settled: a bracket at level L counts the runs settled at L (grok.settled_at_levels), not
+    # the runs that passed at every level at once. SHARP's D'=130 runs sit at 0.6.
+    t = ungrok_table({1.0: (SIZES, SHARP), 3.0: (SIZES, SHARP)})
+    mid = t["D"] == 130
+    t["converged"][mid] = False  # they fail the test read at all four levels ...
+    t["settled"] = np.ones((len(t["D"]), 4), bool)
+    t["settled"][mid, report.VERDICT_LEVELS.index(0.7)] = False  # ... only for wandering across 0.7
+    p3 = report.check_p3(t)  # at 0.5 they count: brackets 100-130 as if converged, widest spread 1.3
+    assert p3["outcome"] == "held" and all(abs(r["wide"] - 1.3) < 1e-12 for r in p3["rows"]), p3
+    assert p3["n_converged"] == len(t["D"]), p3
+    b07 = report.dcrit_brackets(t, levels=(0.7,))  # at 0.7 they do not: 100-170, not 130-170
+    assert all(b == (100, 170) for _, _, bb, _ in b07 for b in bb.values()), b07
+    t["settled"][mid, report.VERDICT_LEVELS.index(0.5)] = False  # unsettled at 0.5 too: 100-170, spread up to 1.7
+    assert report.check_p3(t)["outcome"] == "inconclusive"
+    # P2 reads 0.2 for the low side and 0.9 for the high side; settled at both, the 0.6 runs cannot narrow
+    # the bracket 100-170, so a curve too wide for max_width is decided (fail) rather than open.
+    p2 = report.check_p2(t, max_width=1.5)
+    assert {r["status"] for r in p2["rows"]} == {"fail"}, p2["rows"]
+    t["settled"][mid, report.VERDICT_LEVELS.index(0.9)] = False  # unsettled at 0.9: it might still end above
+    assert {r["status"] for r in report.check_p2(t, max_width=1.5)["rows"]} == {"open"}
+    del t["settled"]  # without it, every level reads `converged`
+    assert report.check_p3(t)["outcome"] == "inconclusive"
+
+
+def test_false_convergence_follows_each_run_from_where_it_settled_at_each_level():
+    # With --converge-levels and a saved test (move_loss, move_norm), false convergence follows each
+    # (run, level) from the first record the run was settled at that level, e, to 2e.
+    e = np.arange(0, 4001, 100)
+    T = len(e)
+    wander = 0.69 + 0.015 * np.sin(e / 150)  # across 0.7 throughout: never settled at 0.7
+    fall = np.where(e < 1500, 0.6, 0.4)  # settled at every level by 1000, then falls through 0.5 by 2000
+    acc = np.stack([wander, fall])
+    zeros = np.where(e >= 1000, 0.0, np.nan)[None].repeat(2, 0)  # the loss and norm conditions pass once spanned
+    h = dict(epoch=e, test_acc=acc, param_norm=np.full((2, T), 20.0), converged_epoch=np.array([-1, 1000]),
+             stop_epoch=np.full(2, -1), stop_reason=np.array(["", ""]), move_loss=zeros, move_norm=zeros,
+             move_acc=zeros, move_levels=zeros)
+    cfg = dict(converge_train_on=True, converge_window=1000, converge_acc=0.005, converge_loss=0.05,
+               converge_norm=0.005, converge_levels="0.2,0.5,0.7,0.9")
+    f = report.false_convergence(dict(hist=h, cfg=cfg))
+    # By hand: run 0 settles at 0.2, 0.5 and 0.9 at epoch 1000 (0.7 never); run 1 at all four at 1000.
+    # Only run 1 at 0.5 crosses its level by 2000 (0.6 -> 0.4); accuracy moved 0.2 for each of run 1's.
+    want_acc = [abs(wander[20] - wander[10])] * 3 + [0.2] * 4
+    assert f["per_level"] and f["runs"].tolist() == [0, 0, 0, 1, 1, 1, 1] and f["crossed"] == 1, f
+    assert np.allclose(f["acc"], want_acc) and not f["within"], f
+    assert "7 (run, level) pairs, 2 runs" in report.false_convergence_line(dict(hist=h, cfg=cfg))
+    h["test_acc"] = np.stack([wander, np.full(T, 0.6)])  # run 1 stays: nothing crosses
+    assert report.false_convergence(dict(hist=h, cfg=cfg))["within"]
+
+
 def grokking_curves(t_train, t_test, n):
     """n runs whose train accuracy reaches 1 at t_train and test accuracy at t_test."""
     epoch = np.arange(0, 6001, 50)
