@@ -64,6 +64,11 @@ class Args:
 
 # -----------------------------------------------------------------------------
 # Reading run directories
+#
+# Words, the same in every file: a run is one network's training (index r, one row of a history's
+# [R, T] arrays); a run directory is what one grok.py command writes, a batch of R runs; a sweep
+# is one run directory or the shards of one, read as one (load_sweep). A loaded sweep is a dict:
+# dir, cfg, runs (per-run settings), hist, split, diverged.
 
 RUN_FILES = ("config.json", "history.npz", "train_idx.npz", "params.pt")  # params.pt is written last
 
@@ -110,9 +115,9 @@ class ShardsIncomplete(ValueError):
     """A sweep's shards are not all there, or not all finished: no verdict may be drawn from part of a sweep."""
 
 
-def shard_dirs(sweep):
+def shard_dirs(sweep_dir):
     """The shard directories of a sweep (SWEEP.shard-K-of-N), sorted by name; [] if it has none."""
-    parent, name = os.path.split(os.path.normpath(sweep))
+    parent, name = os.path.split(os.path.normpath(sweep_dir))
     parent = parent or "."
     if not os.path.isdir(parent):
         return []
@@ -127,13 +132,13 @@ def shard_settings(meta):
                 sweep=meta["shard"]["sweep"], n=meta["shard"]["n"])
 
 
-def sweep_parts(sweep):
+def sweep_parts(sweep_dir):
     """The directories holding a sweep's runs, checked as one sweep: [(directory, each of its runs' index in the sweep)]."""
-    shards = shard_dirs(sweep)
+    shards = shard_dirs(sweep_dir)
     if not shards:
-        return [(sweep, None)]  # trained whole: load_run_dir checks it
-    if os.path.exists(sweep):
-        raise ValueError(f"{sweep} and its shards {sweep}{SHARD_SUFFIX}* both exist; a run would count twice: keep one")
+        return [(sweep_dir, None)]  # trained whole: load_run_dir checks it
+    if os.path.exists(sweep_dir):
+        raise ValueError(f"{sweep_dir} and its shards {sweep_dir}{SHARD_SUFFIX}* both exist; a run would count twice: keep one")
     fix = "delete that directory, or train it again with its sweep's command and --shard"
     first, parts, seen = None, [], {}
     for d in shards:
@@ -142,7 +147,7 @@ def sweep_parts(sweep):
             raise ShardsIncomplete(f"{d} has no config.json: the shard has not started; run its command")
         meta = grok.check_meta(grok.load_json(path, fix), path, fix)
         if not isinstance(meta.get("shard"), dict) or not {"k", "n", "sweep"} <= set(meta["shard"]):
-            raise ValueError(f"{d} is named as a shard of {sweep} but its config.json records no shard; {fix}")
+            raise ValueError(f"{d} is named as a shard of {sweep_dir} but its config.json records no shard; {fix}")
         k, n = meta["shard"]["k"], meta["shard"]["n"]
         first = first or (d, shard_settings(meta))
         mine = shard_settings(meta)
@@ -151,30 +156,30 @@ def sweep_parts(sweep):
             raise ValueError(f"{d} is a shard of another sweep than {first[0]} ({', '.join(differ)} differ); "
                              f"pool only the shards of one sweep: {fix}")
         if k in seen:
-            raise ValueError(f"{d} and {seen[k]} are both shard {k}/{n} of {sweep}; a run would count twice: keep one")
+            raise ValueError(f"{d} and {seen[k]} are both shard {k}/{n} of {sweep_dir}; a run would count twice: keep one")
         if meta["runs"] != grok.shard_runs(meta["shard"]["sweep"], (k, n)):
             raise ValueError(f"{d}: its runs are not shard {k}/{n} of the sweep it records; {fix}")
         seen[k] = d
         if not os.path.exists(os.path.join(d, "params.pt")):
-            raise ShardsIncomplete(f"shard {k}/{n} of {sweep} ({d}) has not finished; run its command again "
+            raise ShardsIncomplete(f"shard {k}/{n} of {sweep_dir} ({d}) has not finished; run its command again "
                                    f"(it resumes), then pool")
         R = len(meta["shard"]["sweep"]["seed"])
         parts.append((k, d, list(range(R))[k::n]))
     n, R = first[1]["n"], len(first[1]["sweep"]["seed"])
     missing = [k for k in range(min(n, R)) if k not in seen]  # a shard K >= R holds no runs and writes nothing
     if missing:
-        raise ShardsIncomplete(f"{sweep}: shard(s) {', '.join(f'{k}/{n}' for k in missing)} missing "
+        raise ShardsIncomplete(f"{sweep_dir}: shard(s) {', '.join(f'{k}/{n}' for k in missing)} missing "
                                f"({len(seen)} of {min(n, R)} there); train them, then pool")
     return [(d, index) for _, d, index in sorted(parts)]
 
 
-def pooled_history(sweep, parts, loaded, cfg):
+def pooled_history(sweep_dir, parts, loaded, cfg):
     """The shards' histories as one: [R, T] over the longest shard's records, each run in its sweep place."""
     R = sum(len(index) for _, index in parts)
     epochs = max((h["epoch"] for h in loaded), key=len)
     for (d, _), h in zip(parts, loaded):
         if not np.array_equal(h["epoch"], epochs[:len(h["epoch"])]):
-            raise ValueError(f"{d} recorded other epochs than the other shards of {sweep}; train it again")
+            raise ValueError(f"{d} recorded other epochs than the other shards of {sweep_dir}; train it again")
     T = len(epochs)
     out = {"epoch": epochs}
     for key, x in loaded[0].items():
@@ -226,20 +231,20 @@ def pool_splits(parts, loaded):
     return out
 
 
-def load_run(sweep):
+def load_sweep(sweep_dir):
     """A finished sweep: one run directory, or the shards of one (pooled, each run once, in sweep order)."""
-    parts = sweep_parts(sweep)
+    parts = sweep_parts(sweep_dir)
     if parts[0][1] is None:
-        return load_run_dir(sweep)
+        return load_run_dir(sweep_dir)
     runs = [load_run_dir(d) for d, _ in parts]
     index = [i for _, idx in parts for i in idx]
     meta = grok.load_json(os.path.join(parts[0][0], "config.json"), "")
     sweep_runs = meta["shard"]["sweep"]
-    cfg = dict(runs[0]["cfg"], shard="", out=sweep)
-    return dict(dir=sweep, cfg=cfg, runs=sweep_runs, dims=runs[0]["dims"], n_pairs=runs[0]["n_pairs"],
-                hist=pooled_history(sweep, parts, [r["hist"] for r in runs], cfg),
+    cfg = dict(runs[0]["cfg"], shard="", out=sweep_dir)
+    return dict(dir=sweep_dir, cfg=cfg, runs=sweep_runs, dims=runs[0]["dims"], n_pairs=runs[0]["n_pairs"],
+                hist=pooled_history(sweep_dir, parts, [r["hist"] for r in runs], cfg),
                 split=pool_splits(parts, [r["split"] for r in runs]),
-                diverged=sorted(idx[r] for (_, idx), run in zip(parts, runs) for r in run["diverged"]),
+                diverged=sorted(idx[r] for (_, idx), part in zip(parts, runs) for r in part["diverged"]),
                 shards=[d for d, _ in parts], n_runs=len(index))
 
 
@@ -272,11 +277,11 @@ def load_npz(path, keys=(), what_to_do="make it again with the command that wrot
     return data
 
 
-def check_trig_task(run):
+def check_trig_task(sweep):
     """Raise unless the run is modular addition, the only task with a trigonometric decomposition here."""
-    task = run["cfg"]["task"]
+    task = sweep["cfg"]["task"]
     if task != "add":
-        raise ValueError(f"{run['dir']}: task {task!r} has no trigonometric decomposition in analysis.py; "
+        raise ValueError(f"{sweep['dir']}: task {task!r} has no trigonometric decomposition in analysis.py; "
                          f"allowed: 'add' (a+b mod p, the task of App. B)")
 
 
@@ -293,15 +298,15 @@ def load_params(path):
     return {k: v.float() for k, v in params.items()}
 
 
-def check_snapshots(run, epochs, final_epoch):
+def check_snapshots(sweep, epochs, final_epoch):
     """Raise (one line) unless the snapshots present are exactly those the run's config made up to its last epoch."""
-    want = sorted(e for e in grok.snapshot_epochs(run["cfg"]["epochs"], run["cfg"].get("snapshots", 0))
+    want = sorted(e for e in grok.snapshot_epochs(sweep["cfg"]["epochs"], sweep["cfg"].get("snapshots", 0))
                   if e <= final_epoch)
     missing, extra = sorted(set(want) - set(epochs)), sorted(set(epochs) - set(want))
     if missing or extra:
         what = (f"lacks the snapshot(s) of epoch {', '.join(map(str, missing[:5]))}" if missing else
                 f"holds snapshot(s) its config does not make (epoch {', '.join(map(str, extra[:5]))})")
-        raise ValueError(f"{run['dir']}/snapshots {what}; a snapshot is made only while training: delete the run "
+        raise ValueError(f"{sweep['dir']}/snapshots {what}; a snapshot is made only while training: delete the run "
                          f"directory and run its grok.py command again, or analyse it with --final-only")
 
 
@@ -312,25 +317,25 @@ def snapshot_files(run_dir):
     return [int(f[6:-3]) for f in names], [os.path.join(d, f) for f in names]
 
 
-def pick_runs(run, which):
+def pick_runs(sweep, which):
     """The run indices to analyse: every run, or the one given by --run."""
-    R = len(run["runs"]["seed"])
+    R = len(sweep["runs"]["seed"])
     if which == -1:
         return list(range(R))
     if not 0 <= which < R:
-        raise ValueError(f"--run {which} is out of range; {run['dir']} holds runs 0..{R - 1}")
+        raise ValueError(f"--run {which} is out of range; {sweep['dir']} holds runs 0..{R - 1}")
     return [which]
 
 
-def pair_data(run, r):
+def pair_data(sweep, r):
     """Tokens of all p^2 pairs [1, p^2, n_ctx], true labels [p^2], and run r's train/test indices and labels."""
-    cfg = run["cfg"]
+    cfg = sweep["cfg"]
     tokens, labels, _, _ = grok.make_dataset(cfg["task"], cfg["p"], cfg["fmt"])
     # grok.task_table builds the pairs with meshgrid(indexing="ij"): pair index = a*p + b, so
     # the logits reshape to Z[a, b, c] with no permutation (checked in the tests).
-    tr, te = run["split"]["train_idx"][r], run["split"]["test_idx"][r]
+    tr, te = sweep["split"]["train_idx"][r], sweep["split"]["test_idx"][r]
     keep = tr >= 0  # rows are padded with -1 to the longest run of the directory
-    train_labels = run["split"]["train_labels"][r][keep]  # random ones for --random-labels runs
+    train_labels = sweep["split"]["train_labels"][r][keep]  # random ones for --random-labels runs
     return dict(p=cfg["p"], tokens=tokens[None], labels=labels, train_idx=torch.from_numpy(tr[keep]),
                 train_labels=torch.from_numpy(train_labels), test_idx=torch.from_numpy(te[te >= 0]))
 
@@ -649,14 +654,14 @@ def find_phases(snap_epoch, excluded, hist_epoch, test_loss, test_acc, param_nor
 
 def analyse_run(run_dir, which=-1, final_only=False, key_cover=0.9, log=print):
     """Every measure of the chosen runs at every snapshot (and the final parameters): arrays with a leading run axis."""
-    run = load_run_dir(run_dir)
-    check_trig_task(run)
-    if run["diverged"]:
-        log(f"note: run(s) {run['diverged']} of {run_dir} diverged and were frozen at their last finite state "
+    sweep = load_run_dir(run_dir)
+    check_trig_task(sweep)
+    if sweep["diverged"]:
+        log(f"note: run(s) {sweep['diverged']} of {run_dir} diverged and were frozen at their last finite state "
             f"(history.npz: stop_epoch, stop_reason); their measures describe that state")
-    runs = pick_runs(run, which)
+    runs = pick_runs(sweep, which)
     final = load_params(os.path.join(run_dir, "params.pt"))
-    final_epoch = int(run["hist"]["epoch"][-1])
+    final_epoch = int(sweep["hist"]["epoch"][-1])
     epochs, paths = snapshot_files(run_dir)
     if final_only:
         epochs, paths = [], []
@@ -664,11 +669,11 @@ def analyse_run(run_dir, which=-1, final_only=False, key_cover=0.9, log=print):
         raise ValueError(f"{run_dir} has no parameter snapshots; train it with grok.py --snapshots N "
                          f"(e.g. 100), or pass --final-only to analyse the final parameters alone")
     else:
-        check_snapshots(run, epochs, final_epoch)
+        check_snapshots(sweep, epochs, final_epoch)
     if not epochs or epochs[-1] != final_epoch:  # stopped early (--stop-acc) or --final-only: add params.pt
         epochs, paths = epochs + [final_epoch], paths + [None]
-    datas = {r: pair_data(run, r) for r in runs}
-    p = run["cfg"]["p"]
+    datas = {r: pair_data(sweep, r) for r in runs}
+    p = sweep["cfg"]["p"]
     # Key frequencies of each run come from its final parameters and stay fixed over training, as
     # in Nanda et al., so the restricted and excluded losses follow one set of frequencies.
     keys = {r: key_frequencies(embedding_fourier_norms(final["W_E"][r], p), key_cover) for r in runs}
@@ -685,10 +690,10 @@ def analyse_run(run_dir, which=-1, final_only=False, key_cover=0.9, log=print):
         key_mask[i, keys[r].numpy() - 1] = True
     out = {k: np.stack([np.stack([np.asarray(row[k]) for row in rows[r]]) for r in runs]) for k in rows[runs[0]][0]}
     out.update(epoch=np.array(epochs), runs=np.array(runs), key_mask=key_mask, p=np.array(p),
-               seed=np.array([run["runs"]["seed"][r] for r in runs]),
-               n_train=np.array([run["runs"]["n_train"][r] for r in runs]),
-               wd=np.array([run["runs"]["wd"][r] for r in runs]), lr=np.array([run["runs"]["lr"][r] for r in runs]))
-    h = run["hist"]
+               seed=np.array([sweep["runs"]["seed"][r] for r in runs]),
+               n_train=np.array([sweep["runs"]["n_train"][r] for r in runs]),
+               wd=np.array([sweep["runs"]["wd"][r] for r in runs]), lr=np.array([sweep["runs"]["lr"][r] for r in runs]))
+    h = sweep["hist"]
     out["hist_epoch"] = h["epoch"]
     for k in ("train_loss", "test_loss", "train_acc", "test_acc", "param_norm"):
         out["hist_" + k] = h[k][runs]  # [R', T]
@@ -744,25 +749,25 @@ def efficiency_table(run_dirs, log=print):
     first = None
     parts = [(j, d, part, index) for j, d in enumerate(run_dirs) for part, index in sweep_parts(d)]
     for j, d, part, index in parts:  # a sweep trained in shards: each shard's runs at their place in the sweep
-        run = load_run_dir(part)
-        check_trig_task(run)
+        sweep = load_run_dir(part)
+        check_trig_task(sweep)
         # Norms and logits compare only between networks of one shape on one task (p and dims).
-        shape = dict(p=run["cfg"]["p"], **run["dims"])
+        shape = dict(p=sweep["cfg"]["p"], **sweep["dims"])
         first = first or (d, shape)
         if shape != first[1]:
             diff = ", ".join(f"{k} {first[1][k]} vs {v}" for k, v in shape.items() if first[1][k] != v)
             raise ValueError(f"{d} and {first[0]} hold networks of different shapes ({diff}); pool runs of one shape")
         params = load_params(os.path.join(part, "params.pt"))
         norms = sum_squared_weights(params).sqrt()  # [R]
-        converged = grok.converged_at_end(run["hist"], run["cfg"])  # [R]
-        for r in range(len(run["runs"]["seed"])):
-            data = pair_data(run, r)
+        converged = grok.converged_at_end(sweep["hist"], sweep["cfg"])  # [R]
+        for r in range(len(sweep["runs"]["seed"])):
+            data = pair_data(sweep, r)
             Zf, _, Z_T, Z_M, _, strength = trig_summary(params, r, data)
             m = logit_measures(Zf, Z_T, Z_M, strength, data)
             row = dict(dir=j, dir_name=os.path.basename(os.path.normpath(d)), run=r if index is None else index[r],
-                       seed=run["runs"]["seed"][r],
-                       n_train=run["runs"]["n_train"][r], wd=run["runs"]["wd"][r],
-                       random_labels=bool(run["cfg"]["random_labels"]), init_from=bool(run["cfg"]["init_from"]),
+                       seed=sweep["runs"]["seed"][r],
+                       n_train=sweep["runs"]["n_train"][r], wd=sweep["runs"]["wd"][r],
+                       random_labels=bool(sweep["cfg"]["random_labels"]), init_from=bool(sweep["cfg"]["init_from"]),
                        converged=bool(converged[r]), param_norm=norms[r].item(), **{k: m[k] for k in measures})
             for k, v in row.items():
                 cols[k].append(v)

@@ -70,7 +70,7 @@ def path_of(folder, name):
 
 def finished(run_dir):
     """Whether a grok.py sweep has finished (params.pt is written last), or was trained in shards (pooled on reading)."""
-    # A sweep of shards counts here: analysis.load_run pools them, and refuses (ShardsIncomplete)
+    # A sweep of shards counts here: analysis.load_sweep pools them, and refuses (ShardsIncomplete)
     # a sweep with a shard missing or unfinished, which the section then reports as incomplete.
     return os.path.exists(os.path.join(run_dir, "params.pt")) or bool(analysis.shard_dirs(run_dir))
 
@@ -127,31 +127,32 @@ def n_seeds(seed):
 
 # -----------------------------------------------------------------------------
 # Run tables: one row per run, from history.npz and config.json
+# (a sweep is a loaded run directory or its pooled shards, analysis.load_sweep; r indexes its runs)
 
 
-def run_table(run):
+def run_table(sweep):
     """Per run of a loaded directory: D, wd, seed, final accuracies (last record), whether it ended converged, and its stop."""
-    h, runs = run["hist"], run["runs"]
+    h, runs = sweep["hist"], sweep["runs"]
     R = len(runs["seed"])
     return dict(D=np.array(runs["n_train"]), wd=np.array(runs["wd"], float), seed=np.array(runs["seed"]),
                 train_acc=h["train_acc"][:, -1], test_acc=h["test_acc"][:, -1],
-                converged=grok.converged_at_end(h, run["cfg"]),
-                settled=grok.settled_at_levels(h, run["cfg"], VERDICT_LEVELS),  # [R, len(VERDICT_LEVELS)]
+                converged=grok.converged_at_end(h, sweep["cfg"]),
+                settled=grok.settled_at_levels(h, sweep["cfg"], VERDICT_LEVELS),  # [R, len(VERDICT_LEVELS)]
                 stop_epoch=np.array(h["stop_epoch"] if "stop_epoch" in h else [-1] * R))
 
 
-def movement(run):
+def movement(sweep):
     """Per run, the convergence test's movements at its last record while it trained: {move_acc, ...: [R]} (nan: no test)."""
-    h = run["hist"]
-    R = len(run["runs"]["seed"])
+    h = sweep["hist"]
+    R = len(sweep["runs"]["seed"])
     at = grok.last_trained_record(h) if "stop_reason" in h else np.full(R, -1)  # a --wd-budget may end a run first
     return {k: (np.asarray(h[k])[np.arange(R), at] if k in h and np.size(h[k]) else np.full(R, np.nan))
             for k in grok.CONVERGE_KEYS}
 
 
-def movement_line(run):
+def movement_line(sweep):
     """One line of results.md: how far a directory's runs moved over the convergence test's last window, against its limits."""
-    c, m = run["cfg"], movement(run)
+    c, m = sweep["cfg"], movement(sweep)
     W = c.get("converge_window", 0)
     if not W or not np.isfinite(m["move_acc"]).any():
         return "These runs had no convergence test."
@@ -187,7 +188,7 @@ def settled(table, level):
     return np.asarray(table["converged"], bool)
 
 
-def false_convergence(run):
+def false_convergence(sweep):
     """Runs that passed the convergence test and trained on for as many epochs again: how far they moved since.
 
     Returns None if no run of the directory was trained on past twice its first passing epoch, else
@@ -199,7 +200,7 @@ def false_convergence(run):
     # Only runs that trained on after passing can be checked (--converge-train-on; a stopped run
     # stays put by construction), so this reads the sweeps that record and train on: the from-scratch
     # sweep, and the long profile's ungrokking sweep.
-    h, c = run["hist"], run["cfg"]
+    h, c = sweep["hist"], sweep["cfg"]
     if "converged_epoch" not in h or not c.get("converge_train_on"):
         return None
     by_levels = bool(c.get("converge_levels"))
@@ -243,9 +244,9 @@ def false_convergence(run):
                 limits=(c["converge_acc"], c["converge_norm"]), within=bool(within))
 
 
-def false_convergence_line(run):
+def false_convergence_line(sweep):
     """One line of results.md: the false-convergence measurement of a directory (or that it has none)."""
-    f = false_convergence(run)
+    f = false_convergence(sweep)
     if f is None:
         return "False convergence: no run of this sweep trained on past twice the epoch it first passed the test."
     med = lambda x: f"median {np.median(x):.4f} (max {x.max():.4f})"
@@ -1162,16 +1163,16 @@ def plot_fig8(data, path):
 # results.md, one function per section; each also draws its figures (from arrays it saves first)
 
 
-def curves_of(run, r):
+def curves_of(sweep, r):
     """Train/test accuracy, loss and parameter norm of run r over the recorded epochs."""
-    h = run["hist"]
+    h = sweep["hist"]
     return dict(epoch=h["epoch"], **{k: h[k][r] for k in ("train_acc", "test_acc", "train_loss", "test_loss",
                                                           "param_norm")})
 
 
-def budget(run):
+def budget(sweep):
     """A directory's task, modulus and epoch budget, for titles: e.g. "add mod 41, up to 6000 epochs"."""
-    c = run["cfg"]
+    c = sweep["cfg"]
     stop = ""
     if c.get("converge_window", 0) > 0:
         stop = ", convergence test recorded" if c.get("converge_train_on") else ", convergence stop"
@@ -1203,36 +1204,36 @@ def section_grokking(folder):
     L = ["## Grokking (Fig. 1a)", ""]
     g, s = path_of(folder, "grok"), path_of(folder, "scratch")
     if finished(g):
-        run = analysis.load_run(g)
-        D = run["runs"]["n_train"][0]
-        title = f"Fig. 1a: grokking, {budget(run)}, D={D} ({100 * D / run['n_pairs']:.0f}% of pairs), wd=1"
-        c = curves_of(run, 0)
+        sweep = analysis.load_sweep(g)
+        D = sweep["runs"]["n_train"][0]
+        title = f"Fig. 1a: grokking, {budget(sweep)}, D={D} ({100 * D / sweep['n_pairs']:.0f}% of pairs), wd=1"
+        c = curves_of(sweep, 0)
         draw(dict(c, title=title), plot_fig1, folder, "fig1a_grokking")
-        L += [f"The paper's standard run ({budget(run)}, one network): train accuracy first >= 0.99 at epoch "
+        L += [f"The paper's standard run ({budget(sweep)}, one network): train accuracy first >= 0.99 at epoch "
               f"{first_epoch(c['epoch'], c['train_acc'], 0.99):.0f}, test accuracy at epoch "
               f"{first_epoch(c['epoch'], c['test_acc'], 0.99):.0f}. One network is shown, not judged. Figures: "
               "`fig1a_grokking.png`, `analysis_grok/fig9_run0.png`.", ""]
     if not finished(s):
         return L + ["The from-scratch sweep was not run (stage fig5): no verdict.", ""], []
-    run = analysis.load_run(s)
-    v = check_grokking(run["hist"]["epoch"], run["hist"]["train_acc"], run["hist"]["test_acc"],
-                       np.array(run["runs"]["seed"]))
-    L += [f"Judged on the from-scratch sweep ({budget(run)}, D = "
-          f"{', '.join(str(d) for d in sorted(set(run['runs']['n_train'])))}):", ""]
-    table = run_table(run)
+    sweep = analysis.load_sweep(s)
+    v = check_grokking(sweep["hist"]["epoch"], sweep["hist"]["train_acc"], sweep["hist"]["test_acc"],
+                       np.array(sweep["runs"]["seed"]))
+    L += [f"Judged on the from-scratch sweep ({budget(sweep)}, D = "
+          f"{', '.join(str(d) for d in sorted(set(sweep['runs']['n_train'])))}):", ""]
+    table = run_table(sweep)
     D = grokking_D(table)
     rows = np.flatnonzero(table["D"] == D)
-    draw(averaged_curves(run, rows, f"Grokking averaged over {len(rows)} seeds: from scratch, {budget(run)}, D={D} "
-                                    f"({100 * D / run['n_pairs']:.0f}% of pairs), wd={table['wd'][rows[0]]:g}"),
+    draw(averaged_curves(sweep, rows, f"Grokking averaged over {len(rows)} seeds: from scratch, {budget(sweep)}, D={D} "
+                                    f"({100 * D / sweep['n_pairs']:.0f}% of pairs), wd={table['wd'][rows[0]]:g}"),
          plot_grokking_averaged, folder, "grokking_averaged_scratch")
     return L + verdict_lines(v) + [f"Figure: `grokking_averaged_scratch.png` (D={D}: the smallest D at which every "
                                    "seed ended at test accuracy >= 0.99, else the best on average).", ""], \
         [("grokking: delay of test behind train accuracy", v)]
 
 
-def averaged_curves(run, rows, title):
+def averaged_curves(sweep, rows, title):
     """The figure data of plot_grokking_averaged: the recorded epochs and each metric [S, T] over the given runs."""
-    h = run["hist"]
+    h = sweep["hist"]
     return dict(epoch=h["epoch"], title=title, **{k: h[k][rows] for k in ("train_acc", "test_acc", "train_loss",
                                                                           "test_loss")})
 
@@ -1247,16 +1248,16 @@ def grokking_D(table, level=0.99):
 def section_wd(folder):
     """Time to grok against weight decay (0 included): the check, its figure, and the averaged curves at wd 1."""
     L = ["## Weight decay and the time to grok (Sec. 7)", ""]
-    got = run_data(folder, "wd")
+    got = finished_sweep(folder, "wd")
     if got is None:
         return L + ["Not run (stage wd).", ""], []
-    run, tab = got
-    h = run["hist"]
+    sweep, tab = got
+    h = sweep["hist"]
     ok = np.array([not str(w).startswith("diverged") for w in h["stop_reason"]])  # a diverged run shows no time
     t, cens = time_to_grok(h["epoch"], h["test_acc"][ok])
     v = check_wd(tab["wd"][ok], tab["seed"][ok], t, cens)
     D = int(tab["D"][0])
-    where = f"{budget(run)}, D={D} ({100 * D / run['n_pairs']:.0f}% of pairs), {n_seeds(tab['seed'])} seeds"
+    where = f"{budget(sweep)}, D={D} ({100 * D / sweep['n_pairs']:.0f}% of pairs), {n_seeds(tab['seed'])} seeds"
     draw(dict(wd=tab["wd"][ok], seed=tab["seed"][ok], t=t, censored=cens,
               title=f"Epochs to grok against weight decay: {where}; each run stops at test accuracy 0.99"),
          plot_wd_time_to_grok, folder, "wd_time_to_grok")
@@ -1265,20 +1266,20 @@ def section_wd(folder):
     figs = "`wd_time_to_grok.png`"
     at1 = np.flatnonzero(tab["wd"] == 1.0)
     if len(at1) > 1:  # the standard run over several seeds: the grokking pattern averaged
-        draw(averaged_curves(run, at1, f"Grokking averaged over {len(at1)} seeds: {where.rsplit(',', 1)[0]}, wd=1; "
+        draw(averaged_curves(sweep, at1, f"Grokking averaged over {len(at1)} seeds: {where.rsplit(',', 1)[0]}, wd=1; "
                                        "each run stops at test accuracy 0.99"),
              plot_grokking_averaged, folder, "grokking_averaged_wd1")
         figs += ", `grokking_averaged_wd1.png`"
     return L + [f"Figures: {figs}.", ""], [("weight decay: epochs to grok against wd", v)]
 
 
-def run_data(folder, name):
+def finished_sweep(folder, name):
     """A finished run directory of the layout and its run_table: (run, table), or None if it has not finished."""
     d = path_of(folder, name)
     if not finished(d):
         return None
-    run = analysis.load_run(d)
-    return run, run_table(run)
+    sweep = analysis.load_sweep(d)
+    return sweep, run_table(sweep)
 
 
 def verified_sources(folder, min_trig=0.95):
@@ -1296,11 +1297,11 @@ def verified_sources(folder, min_trig=0.95):
 def section_ungrok(folder):
     """P2 and P3 from the ungrokking sweep, Fig. 4, 7 and 1b, and the source networks' check."""
     L = ["## P2 and P3: ungrokking (Sec. 5.2, Fig. 4)", ""]
-    got = run_data(folder, "ungrok")
+    got = finished_sweep(folder, "ungrok")
     if got is None:
         return L + ["Not run (stage fig4).", ""], []
-    run, t = got
-    src = analysis.load_run(path_of(folder, "full"))
+    sweep, t = got
+    src = analysis.load_sweep(path_of(folder, "full"))
     n_pairs = src["n_pairs"]
     trig, good = verified_sources(folder)
     if trig is not None:
@@ -1308,18 +1309,18 @@ def section_ungrok(folder):
               + ", ".join(f"seed {int(s)}: {f:.3f}" for s, f in zip(trig["seed"], trig["trig_frac"]))
               + f"; {len(good)} of {len(trig['seed'])} pass > 0.95 and are used.", ""]
     # The figures show every run; the checks use the runs from sources that passed.
-    title = f"{budget(run)}, from {len(np.unique(t['seed']))} networks trained on every pair ({len(good)} pass)"
+    title = f"{budget(sweep)}, from {len(np.unique(t['seed']))} networks trained on every pair ({len(good)} pass)"
     draw(dict(t, title=f"Fig. 4: ungrokking ({title})"), plot_fig4, folder, "fig4_ungrokking")
     keep = np.isin(t["seed"], sorted(good))
-    first = np.flatnonzero(np.array(run["runs"]["wd"]) == min(run["runs"]["wd"]))
+    first = np.flatnonzero(np.array(sweep["runs"]["wd"]) == min(sweep["runs"]["wd"]))
     if len(first):
-        draw(dict(epoch=run["hist"]["epoch"], test_acc=run["hist"]["test_acc"][first],
-                  D=np.array(run["runs"]["n_train"])[first],
-                  title=f"Fig. 7: ungrokking runs, wd={min(run['runs']['wd']):g}, {title}"),
+        draw(dict(epoch=sweep["hist"]["epoch"], test_acc=sweep["hist"]["test_acc"][first],
+                  D=np.array(sweep["runs"]["n_train"])[first],
+                  title=f"Fig. 7: ungrokking runs, wd={min(sweep['runs']['wd']):g}, {title}"),
              plot_fig7, folder, "fig7_ungrokking_runs")
-        r = first[np.argmin(np.array(run["runs"]["n_train"])[first])]
-        draw(dict(curves_of(run, r), title=f"Fig. 1b: ungrokking, a network trained on every pair, then on "
-                                           f"D'={run['runs']['n_train'][r]} (wd={run['runs']['wd'][r]:g}, {budget(run)})"),
+        r = first[np.argmin(np.array(sweep["runs"]["n_train"])[first])]
+        draw(dict(curves_of(sweep, r), title=f"Fig. 1b: ungrokking, a network trained on every pair, then on "
+                                           f"D'={sweep['runs']['n_train'][r]} (wd={sweep['runs']['wd'][r]:g}, {budget(sweep)})"),
              plot_fig1, folder, "fig1b_ungrokking")
     t = {k: v[keep] for k, v in t.items()}
     if not len(t["D"]):
@@ -1330,7 +1331,7 @@ def section_ungrok(folder):
     for r in p2["rows"]:
         L.append(f"| {r['seed']} | {r['wd']:g} | {r['n_conv']} of {r['n']} | {bracket_text(r['lo'], r['hi'])} | "
                  f"{width_text(r['width'])} | {r['status']} |")
-    L += ["", movement_line(run), "", false_convergence_line(run), ""]
+    L += ["", movement_line(sweep), "", false_convergence_line(sweep), ""]
     L += ["### P2", ""] + verdict_lines(p2) + ["### P3", ""] + verdict_lines(p3)
     L += ["Figures: `fig4_ungrokking.png`, `fig7_ungrokking_runs.png`, `fig1b_ungrokking.png`.", ""]
     return L, [("P2: width of the transition in D'", p2), ("P3: spread of the transition over weight decays", p3)]
@@ -1361,7 +1362,7 @@ def section_efficiency(folder):
             for D in np.unique(table["n_train"][~table["random_labels"] & ~table["init_from"]])) + ".", ""]
         for name in ("mem", "scratch"):
             if finished(path_of(folder, name)):
-                L += [f"{name}: " + movement_line(analysis.load_run(path_of(folder, name))), ""]
+                L += [f"{name}: " + movement_line(analysis.load_sweep(path_of(folder, name))), ""]
         L += verdict_lines(p1) + [f"Dataset sizes where both circuits were trained: {overlap or 'none'}. "
                                   "Figure: `fig3_efficiency.png`.", ""]
         if p1["outcome"] == "inconclusive":
@@ -1391,14 +1392,14 @@ def section_semi(folder):
     s = path_of(folder, "scratch")
     if not finished(s):
         return L + ["Not run (stage fig5).", ""], []
-    run = analysis.load_run(s)
-    t = run_table(run)
-    h = run["hist"]
+    sweep = analysis.load_sweep(s)
+    t = run_table(sweep)
+    h = sweep["hist"]
     rows = semi_outcomes(h["epoch"], h["train_acc"], h["test_acc"], t["converged"])
     p4 = check_p4(rows, t["seed"])
     final = np.array([r["final"] for r in rows])
     draw(dict(epoch=h["epoch"], test_acc=h["test_acc"], final=final,
-              title=f"Fig. 5: {len(rows)} runs from scratch, D in [{t['D'].min()}, {t['D'].max()}] ({budget(run)})"),
+              title=f"Fig. 5: {len(rows)} runs from scratch, D in [{t['D'].min()}, {t['D'].max()}] ({budget(sweep)})"),
          plot_fig5, folder, "fig5_semi_grokking")
     names = [r["outcome"] for r in rows]
     for want in ("semi-grokked", "transient", None):  # the run shown: semi-grokked if any, nearest 0.5
@@ -1406,9 +1407,9 @@ def section_semi(folder):
         if pool:
             r = min(pool, key=lambda i: abs(final[i] - 0.5))
             break
-    what = f"D={t['D'][r]}, seed {t['seed'][r]}, {budget(run)}: {names[r]}"
-    draw(dict(curves_of(run, r), title=f"Fig. 1c: semi-grokking? ({what})"), plot_fig1, folder, "fig1c_semi_grokking")
-    draw(dict(curves_of(run, r), title=f"Fig. 6: one run of the sweep ({what})"), plot_fig6, folder,
+    what = f"D={t['D'][r]}, seed {t['seed'][r]}, {budget(sweep)}: {names[r]}"
+    draw(dict(curves_of(sweep, r), title=f"Fig. 1c: semi-grokking? ({what})"), plot_fig1, folder, "fig1c_semi_grokking")
+    draw(dict(curves_of(sweep, r), title=f"Fig. 6: one run of the sweep ({what})"), plot_fig6, folder,
          "fig6_semi_grokking_run")
     first = h["converged_epoch"] if "converged_epoch" in h else np.full(len(rows), -1)
     L += ["| D | seed | train acc >= 0.99 at | test acc then | final | rise half-way at | first passed the test at "
@@ -1419,9 +1420,9 @@ def section_semi(folder):
         L.append(f"| {t['D'][i]} | {t['seed'][i]} | {q['t_fit']:.0f} | {q['then']:.3f} | {q['final']:.3f} | "
                  f"{q['t_rise']:.0f} | {first[i] if first[i] >= 0 else 'never'} | {'yes' if t['converged'][i] else 'no'} | "
                  f"{q['sat']:.0f} | {q['outcome']} |")
-    L += ["", movement_line(run), "", false_convergence_line(run), ""] + verdict_lines(p4) + [
+    L += ["", movement_line(sweep), "", false_convergence_line(sweep), ""] + verdict_lines(p4) + [
         "Figures: `fig5_semi_grokking.png`, `fig6_semi_grokking_run.png`, `fig1c_semi_grokking.png`.", "",
-        f"The paper semi-groks at p=113 over up to 3e7 epochs (Fig. 6); this sweep is {budget(run)}. What a "
+        f"The paper semi-groks at p=113 over up to 3e7 epochs (Fig. 6); this sweep is {budget(sweep)}. What a "
         f"verdict would need: {p4['need']} converged runs for a 'none' (here {int(t['converged'].sum())}), each trained "
         f"until it converges" + (f", which none of these did within {int(h['epoch'][-1])} epochs: more than that each"
                                  if not t["converged"].any() else
@@ -1447,10 +1448,10 @@ def dcrit_section(folder):
     rows_out = []
     for name, label, by_wd in (("ungrok", "ungrokking (networks trained on every pair)", True),
                                ("scratch", "training from scratch", False)):
-        got = run_data(folder, name)
+        got = finished_sweep(folder, name)
         if got is None:
             continue
-        run, t = got
+        sweep, t = got
         if name == "ungrok":  # only networks verified as C_gen before ungrokking
             keep = np.isin(t["seed"], sorted(verified_sources(folder)[1]))
             t = {k: v[keep] for k, v in t.items()}
@@ -1461,11 +1462,11 @@ def dcrit_section(folder):
             if pooled == "not seen":
                 pooled = "no converged run on either side"
             at_end = ", ".join(f"seed {s}: {bracket_text(*x)}" for s, x in sorted(end.items()))
-            L.append(f"| {label} | {run['cfg']['p']} | {'-' if np.isnan(w) else f'{w:g}'} | {level:g} | {per} | {pooled} "
+            L.append(f"| {label} | {sweep['cfg']['p']} | {'-' if np.isnan(w) else f'{w:g}'} | {level:g} | {per} | {pooled} "
                      f"| {at_end} |")
             if level == 0.7:  # the paper's level, one summary row per weight decay
                 n_both = sum(lo > 0 and np.isfinite(hi) and hi > lo for lo, hi in b.values())
-                rows_out.append((f"D_crit at 0.7, {label.split(' (')[0]}, p={run['cfg']['p']}" +
+                rows_out.append((f"D_crit at 0.7, {label.split(' (')[0]}, p={sweep['cfg']['p']}" +
                                  ("" if np.isnan(w) else f", wd={w:g}"),
                                  f"{pooled}; at the budget's end, not judged: {pool(end)}", per, n_both))
     L += ["", "Paper: ~0.7 test accuracy at D' around 800-1000 for p=113 (App. A.2); D_crit grows with p, so only "
@@ -1476,13 +1477,13 @@ def dcrit_section(folder):
 def section_fig8(folder):
     """Fig. 8: ungrokking on a second task (one network: described, judged inconclusive)."""
     L = ["## Ungrokking on another task (App. A.2, Fig. 8)", ""]
-    got = run_data(folder, "ungrok8")
+    got = finished_sweep(folder, "ungrok8")
     if got is None:
         return L + ["Not run (stage fig8).", ""], []
-    run, t = got
-    data = dict(t, task=np.array([run["cfg"]["task"]] * len(t["D"])))
-    add = run_data(folder, "ungrok")
-    title = f"Fig. 8: ungrokking from networks trained on every pair; {budget(run)}"
+    sweep, t = got
+    data = dict(t, task=np.array([sweep["cfg"]["task"]] * len(t["D"])))
+    add = finished_sweep(folder, "ungrok")
+    title = f"Fig. 8: ungrokking from networks trained on every pair; {budget(sweep)}"
     if add is not None:  # addition beside it, from the fig4 sweep at the same modulus
         a = add[1]
         data = {k: np.concatenate([a[k] if k != "task" else np.array([add[0]["cfg"]["task"]] * len(a["D"])), data[k]])
@@ -1490,7 +1491,7 @@ def section_fig8(folder):
         title += f"; {budget(add[0])}"
     draw(dict(data, title=title), plot_fig8, folder, "fig8_ungrokking_tasks")
     p2, p3 = check_p2(t), check_p3(t)
-    L += [f"{run['cfg']['task']} ({grok.TASKS[run['cfg']['task']]}), {budget(run)}, "
+    L += [f"{sweep['cfg']['task']} ({grok.TASKS[sweep['cfg']['task']]}), {budget(sweep)}, "
           f"{len(np.unique(t['seed']))} network(s):", "", "P2:"] + verdict_lines(p2) + ["P3:"] + verdict_lines(p3)
     L += ["Figure: `fig8_ungrokking_tasks.png`.", ""]
     return L, []
@@ -1592,13 +1593,13 @@ def main(argv=None):
             print(layout()[args.where])
             return
         if args.movement:
-            run = analysis.load_run(args.movement)
-            m, conv = movement(run), grok.converged_at_end(run["hist"], run["cfg"])
+            sweep = analysis.load_sweep(args.movement)
+            m, conv = movement(sweep), grok.converged_at_end(sweep["hist"], sweep["cfg"])
             for i in range(len(conv)):
-                print(f"run {i}: D={run['runs']['n_train'][i]} wd={run['runs']['wd'][i]:g} seed={run['runs']['seed'][i]}: "
+                print(f"run {i}: D={sweep['runs']['n_train'][i]} wd={sweep['runs']['wd'][i]:g} seed={sweep['runs']['seed'][i]}: "
                       f"accuracy moved {m['move_acc'][i]:.4f}, log loss {m['move_loss'][i]:.4f}, log norm "
                       f"{m['move_norm'][i]:.5f}; {'converged' if conv[i] else 'not converged'}")
-            print(movement_line(run))
+            print(movement_line(sweep))
             return
         if not os.path.isdir(args.folder):
             raise ValueError(f"{args.folder!r}: no such output folder (run ./reproduce.sh first)")

@@ -511,7 +511,7 @@ def test_false_convergence_on_real_runs_trained_on_after_passing(tmp_path):
                       threads=1, d_model=32, n_heads=4, d_head=8, d_mlp=64, converge_window=W, converge_acc=0.05,
                       converge_loss=0.1, converge_norm=0.01, converge_train_on=True)
     grok.train(cfg)
-    run = analysis.load_run(str(tmp_path / "on"))
+    run = analysis.load_sweep(str(tmp_path / "on"))
     f = report.false_convergence(run)
     h = run["hist"]
     e, passed = np.asarray(h["epoch"]), np.asarray(h["converged_epoch"])

@@ -1,4 +1,4 @@
-"""Tests for sweeps trained in shards: grok.py --shard, their pooling (analysis.load_run, report.py) and SHARD=K/N ./reproduce.sh.
+"""Tests for sweeps trained in shards: grok.py --shard, their pooling (analysis.load_sweep, report.py) and SHARD=K/N ./reproduce.sh.
 
 Run: python -m pytest -q tests/test_shards.py      (-m "not slow" leaves out the pipeline runs)
 """
@@ -120,7 +120,7 @@ def test_pooled_shards_equal_the_sweep_trained_whole(tmp_path):
     shards = train_shards(str(tmp_path / "pooled"), 2)
     ends = [len(analysis.load_run_dir(d)["hist"]["epoch"]) for d in shards]
     assert ends[0] < ends[1], f"shard 0 should end early (records {ends}); the test needs an early end"
-    a, b = analysis.load_run(whole), analysis.load_run(str(tmp_path / "pooled"))
+    a, b = analysis.load_sweep(whole), analysis.load_sweep(str(tmp_path / "pooled"))
     assert a["runs"] == b["runs"], "the same runs, seeds, sizes and learning rates, in the same order"
     assert np.array_equal(a["hist"]["epoch"], b["hist"]["epoch"])
     for key in a["hist"]:
@@ -151,28 +151,28 @@ def test_pooled_shards_equal_the_sweep_trained_whole(tmp_path):
 def test_a_missing_a_foreign_and_a_doubled_shard_are_refused(tmp_path):
     base = str(tmp_path / "s")
     shards = train_shards(base, 3, epochs=10)
-    assert analysis.load_run(base)["n_runs"] == 8
+    assert analysis.load_sweep(base)["n_runs"] == 8
     keep = tmp_path / "kept"
     shutil.move(shards[1], keep)
     with pytest.raises(analysis.ShardsIncomplete, match=r"shard\(s\) 1/3 missing"):
-        analysis.load_run(base)
+        analysis.load_sweep(base)
     # A shard of another sweep (another weight decay) under this sweep's name.
     train(sweep_cfg(shards[1], shard="1/3", epochs=10, wd="2"))
     with pytest.raises(ValueError, match="another sweep"):
-        analysis.load_run(base)
+        analysis.load_sweep(base)
     shutil.rmtree(shards[1])
     shutil.move(keep, shards[1])
     os.remove(os.path.join(shards[2], "params.pt"))  # unfinished
     with pytest.raises(analysis.ShardsIncomplete, match="has not finished"):
-        analysis.load_run(base)
+        analysis.load_sweep(base)
     shutil.rmtree(shards[2])
     shutil.copytree(shards[0], base + ".shard-0-of-3.copy")  # shard 0 twice
     with pytest.raises(ValueError, match="both shard 0/3"):
-        analysis.load_run(base)
+        analysis.load_sweep(base)
     shutil.rmtree(base + ".shard-0-of-3.copy")
     os.makedirs(base)  # the sweep whole beside its shards
     with pytest.raises(ValueError, match="both exist"):
-        analysis.load_run(base)
+        analysis.load_sweep(base)
 
 
 # -----------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def test_the_tiny_profile_in_three_shards_pools_to_the_unsharded_one(tiny_sharde
     for name in report.SWEEPS:
         path = report.path_of(out, name)
         assert analysis.shard_dirs(path), f"{name} was not trained in shards; log:\n{log}"
-        a, b = analysis.load_run(report.path_of(whole, name)), analysis.load_run(path)
+        a, b = analysis.load_sweep(report.path_of(whole, name)), analysis.load_sweep(path)
         assert a["runs"] == b["runs"], f"{name}: the same seeds, sizes and weight decays in the same order"
         for key in ("test_acc", "train_loss", "param_norm"):
             assert_close(f"{name} {key}", b["hist"][key], a["hist"][key])
