@@ -2,7 +2,7 @@
 # reproduce.sh: the paper's figures and a results report, from a fresh clone.
 #
 #   ./reproduce.sh                  quick profile: about 33 min on a 2-core CPU, no GPU (stage times in README.md)
-#   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, 115-170 min)
+#   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, 91-129 min)
 #   ./reproduce.sh paper            paper profile: one GPU, the paper's sizes as far as one GPU allows
 #   ./reproduce.sh quick fig4       one stage of a profile (stages are named after the figures)
 #   ./reproduce.sh quick list       the stages, with what each one runs
@@ -136,8 +136,8 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
     # Ungrokking at p=41 moves in units of lr*wd*epochs, and near the transition it was still
     # moving after 14000 epochs at wd 3. At wd 20 the networks no longer fit their training set
     # (train accuracy 0.94-1.00, train loss up to 0.86); at wd 10 they do, and settle within about
-    # 11000 epochs. So the long profile ungrokks at wd 5 and 10 (1/(lr wd) = 200 and 100 epochs;
-    # the paper varies wd in Fig. 4 without stating a range), D' about 1.15x apart over 115-345
+    # 11000 epochs. So the long profile ungrokks at large weight decays (10 and 15 since wd 5 did not
+    # settle, below; the paper varies wd in Fig. 4 without stating a range), D' about 1.15x apart over 115-345
     # (a probe run's curves all lay below 0.2 at 115, so 100 adds nothing),
     # and trains every run to its budget while recording the test (--converge-train-on): a run
     # counts as converged only if it passes at its last record, and runs that passed early
