@@ -251,13 +251,16 @@ def false_convergence_line(sweep):
         return "False convergence: no run of this sweep trained on past twice the epoch it first passed the test."
     med = lambda x: f"median {np.median(x):.4f} (max {x.max():.4f})"
     lv = ", ".join(f"{x:g}" for x in f["levels"])
-    acc_rule = ("no crossing of the level a run was settled at" if f["per_level"] else f"no crossing of {lv}"
-                if f["by_levels"] else f"accuracy at most {f['limits'][0]:g} per {f['window']} epochs, and no crossing "
-                f"of {lv}")
-    who = (f"{len(f['runs'])} (run, level) pairs, {len(np.unique(f['runs']))} runs, were settled at a level (one of {lv}) "
-           f"at some epoch e and trained on to 2e" if f["per_level"] else
-           f"{len(f['runs'])} runs passed the test at some epoch e and trained on to 2e")
-    cross = "crossed their level" if f["per_level"] else f"crossed a level ({lv})"
+    if f["per_level"]:  # each (run, level) followed from where it settled at that level
+        acc_rule = "no crossing of the level a run was settled at"
+        who = (f"{len(f['runs'])} (run, level) pairs, {len(np.unique(f['runs']))} runs, were settled at a level "
+               f"(one of {lv}) at some epoch e and trained on to 2e")
+        cross = "crossed their level"
+    else:
+        acc_rule = (f"no crossing of {lv}" if f["by_levels"] else
+                    f"accuracy at most {f['limits'][0]:g} per {f['window']} epochs, and no crossing of {lv}")
+        who = f"{len(f['runs'])} runs passed the test at some epoch e and trained on to 2e"
+        cross = f"crossed a level ({lv})"
     return (f"False convergence: {who}; from e to "
             f"2e their accuracy moved {med(f['acc'])} and log norm {med(f['norm'])}, per {f['window']} epochs of that "
             f"span accuracy {med(f['acc_per_window'])} and log norm {med(f['norm_per_window'])}; {f['crossed']} {cross} "
