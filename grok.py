@@ -960,6 +960,21 @@ def progress_line(hist, epoch, epochs, rate):
             f"[{acc.min():.4f}, {acc.max():.4f}]")
 
 
+def quarter_medians(epochs, x, now, window):
+    """The medians of x [R, T] over the four quarters (by epoch) of the trailing window (now - window, now]: [R, 4], None if the records do not span it."""
+    epochs, x = np.asarray(epochs), np.asarray(x)
+    if len(epochs) == 0 or epochs[0] > now - window:
+        return None
+    quarter = np.floor((epochs - (now - window)) / (window / 4) - 1e-9).astype(int)  # (now-W, now-3W/4] -> 0, ...
+    medians = []
+    for q in range(4):
+        sel = quarter == q
+        if not sel.any():
+            return None
+        medians.append(np.median(x[:, sel], axis=1))
+    return np.stack(medians, axis=1)  # [R, 4]
+
+
 def window_movement(epochs, x, now, window):
     """How far x [R, T] moved over the trailing window (now - window, now]: [R], nan if the records do not span it.
 
@@ -968,22 +983,22 @@ def window_movement(epochs, x, now, window):
     window shows as about 3/4 d; and a quantity that turns (down, then up) shows its swing, where
     last minus first would pass through zero at the turn.
     """
-    epochs, x = np.asarray(epochs), np.asarray(x)
-    if len(epochs) == 0 or epochs[0] > now - window:
-        return np.full(len(x), np.nan)
-    quarter = np.floor((epochs - (now - window)) / (window / 4) - 1e-9).astype(int)  # (now-W, now-3W/4] -> 0, ...
-    medians = []
-    for q in range(4):
-        sel = quarter == q
-        if not sel.any():
-            return np.full(len(x), np.nan)
-        medians.append(np.median(x[:, sel], axis=1))
-    medians = np.stack(medians, axis=1)  # [R, 4]
-    return medians.max(axis=1) - medians.min(axis=1)
+    m = quarter_medians(epochs, x, now, window)
+    return np.full(len(x), np.nan) if m is None else m.max(axis=1) - m.min(axis=1)
+
+
+def window_drift(epochs, x, now, window):
+    """The steady drift of x [R, T] per window at the end of the trailing window: [R] >= 0, nan if the records do not span it."""
+    # From the first quarter's median to the last's, 3/4 of a window apart: a steady drift d per
+    # window gives d; a swing that is back where it was by the last quarter gives none, since it
+    # does not carry the run on, and the window's records already show its extremes. A slower
+    # swing shows as drift, so its reach is larger: the side is settled later, never sooner.
+    m = quarter_medians(epochs, x, now, window)
+    return np.full(len(x), np.nan) if m is None else np.abs(m[:, 3] - m[:, 0]) * 4 / 3
 
 
 def window_straddles(epochs, x, now, window, levels, margin=0.0):
-    """How many of the levels the records of x [R, T] in the trailing window straddle or come within margin of: [R], nan if they do not span it."""
+    """How many of the levels the records of x [R, T] in the trailing window straddle or come within margin (one, or [R]) of: [R], nan if they do not span it."""
     # The brackets of P2, P3 and D_crit read only on which side of their levels a run's final
     # accuracy lies ("the test accuracy at convergence", Sec. 5.2), so a run that moves within one
     # side changes no verdict, and one record across a level does: every record counts, not medians.
@@ -993,6 +1008,7 @@ def window_straddles(epochs, x, now, window, levels, margin=0.0):
     if len(epochs) == 0 or epochs[0] > now - window:
         return np.full(len(x), np.nan)
     inside = x[:, (epochs > now - window) & (epochs <= now)]  # [R, records in the window]
+    margin = np.reshape(margin, (-1, 1)) if np.ndim(margin) else margin  # one per run: [R, 1]
     return sum((((inside < lv).any(axis=1) & (inside >= lv).any(axis=1)) | (np.abs(inside - lv) <= margin).any(axis=1))
                .astype(float) for lv in levels)
 
@@ -1019,14 +1035,24 @@ def convergence_movements(cfg, hist, epoch):
         # example's right class has probability > 0.99 and no claim reads the difference, almost none.
         acc = stack(f"{which}_acc")
         levels = parse_list(cfg.converge_levels, float, "converge-levels") if cfg.converge_levels else []
-        # The reach: without levels the test lets accuracy move up to converge_acc per window, so a
-        # run trained on for as long again as it has trained (the false-convergence check's horizon)
-        # may move converge_acc * epoch / window; a level nearer than that is not a settled side.
-        reach = cfg.converge_acc * epoch / cfg.converge_window
-        sides = torch.from_numpy(window_straddles(hist["epoch"], acc, epoch, cfg.converge_window, levels, reach)
+        W = cfg.converge_window
+        reach = level_reach(cfg.converge_acc, window_drift(hist["epoch"], acc, epoch, W), epoch, W) if levels else 0
+        sides = torch.from_numpy(window_straddles(hist["epoch"], acc, epoch, W, levels, reach)
                                  if levels else np.full(R, np.nan))
         return dict(move_acc=move(acc), move_loss=move(np.log(stack(f"{which}_loss") + 0.01)),
                     move_norm=move(np.log(stack("param_norm"))), move_levels=sides)
+
+
+def level_reach(limit, drift, epoch, window):
+    """How far each run's accuracy may still go if trained on for as long again as it has: [R] (drift: per window, [R])."""
+    # A level nearer than this is not a settled side. The horizon is the false-convergence check's:
+    # a run settled at epoch e is trained on to 2e, e / window windows more. The rate is the run's
+    # own drift (window_drift), and at least the plain test's limit. The reach first assumed that
+    # limit for every run; but with --converge-levels a run passes at any rate within a side, so the
+    # limit is no forecast for a run that drifts 0.03 per window (the reason for the change: what
+    # the reach forecasts, not a verdict). A window not yet spanned (nan) counts at the limit; its
+    # sides fail anyway, as the window does not span.
+    return np.fmax(limit, np.asarray(drift, float)) * epoch / window
 
 
 def passes_convergence(moves, cfg):
@@ -1093,7 +1119,7 @@ def settled_at_levels(h, cfg, levels, at=None):
     for a in np.unique(at):  # the runs read at one record share its window: [n, T] at a time
         sel = at == a
         now = epoch[a]
-        reach = cfg["converge_acc"] * now / W  # as convergence_movements: the drift the test allows over as long again
+        reach = level_reach(cfg["converge_acc"], window_drift(epoch, acc[sel], now, W), now, W)  # [n], as the loop's
         for k, level in enumerate(levels):
             out[sel, k] = ok[sel] & (window_straddles(epoch, acc[sel], now, W, [level], reach) == 0)
     return out

@@ -706,9 +706,13 @@ def test_settled_at_levels_reads_each_level_alone():
     saved = {k: getattr(cfg, k) for k in ("converge_window", "converge_acc", "converge_loss", "converge_norm",
                                           "converge_levels", "converge_train_on")}
     got = grok.settled_at_levels(h, saved, levels)
-    inside, reach = x[:, epochs > 6000], 0.005 * 8000 / 2000
+    inside = x[:, epochs > 6000]  # [4, 20]: five records a quarter
+    # The reach: the run's own drift per window (last quarter's median minus the first's, 3/4 of a
+    # window apart), at least 0.005, over as long again as it has trained (8000 epochs, 4 windows).
+    drift = np.array([abs(np.median(row[15:]) - np.median(row[:5])) * 4 / 3 for row in inside])
+    reach = np.maximum(0.005, drift) * 8000 / 2000
     ok = (moves["move_loss"] <= 0.05).numpy() & (moves["move_norm"] <= 0.005).numpy()
-    want = np.array([[ok[r] and ((row < lv).all() or (row >= lv).all()) and np.abs(row - lv).min() > reach
+    want = np.array([[ok[r] and ((row < lv).all() or (row >= lv).all()) and np.abs(row - lv).min() > reach[r]
                       for lv in levels] for r, row in enumerate(inside)])
     assert np.array_equal(got, want), (got, want)
     assert got.tolist() == [[True, True, False, True], [True] * 4, [False] * 4, [True, False, True, True]], got
@@ -717,6 +721,42 @@ def test_settled_at_levels_reads_each_level_alone():
     plain = {**saved, "converge_levels": ""}
     assert np.array_equal(grok.settled_at_levels(h, plain, levels),
                           np.repeat(grok.converged_at_end(h, plain)[:, None], 4, axis=1))
+
+
+def test_the_reach_of_a_level_is_the_runs_own_drift_over_as_long_again():
+    # A run that drifts 0.03 per window inside one side of 0.2 (0.28 at epoch 8000, 0.08 above it) is
+    # no settled side: at that rate it is at 0.16 by 16000, across 0.2. The plain limit's reach
+    # (0.005 per window, 0.02 over 4 windows) would have called it settled; its own drift reaches
+    # 0.12. A run as far from 0.2 that stays put is settled at every level, and one that swings
+    # +-0.02 around 0.6 and comes back between the first quarter and the last (a period of 1500
+    # epochs, 3/4 of the window) shows no drift and keeps its sides.
+    levels = (0.2, 0.5, 0.7, 0.9)
+    epochs = np.arange(0, 16001, 100)
+    T = len(epochs)
+    x = np.stack([0.40 - 0.03 * epochs / 2000, np.full(T, 0.28), 0.6 + 0.02 * np.sin(2 * np.pi * epochs / 1500)])
+    cfg = grok.Config(converge_window=2000, converge_acc=0.005, converge_loss=0.05, converge_norm=0.005,
+                      converge_levels="0.2,0.5,0.7,0.9", converge_train_on=True)
+    upto = epochs <= 8000
+    hist = {"epoch": epochs[upto].tolist(), "test_acc": [torch.tensor(x[:, t]) for t in np.flatnonzero(upto)],
+            "test_loss": [torch.full((3,), 0.5, dtype=torch.float64) for _ in np.flatnonzero(upto)],
+            "param_norm": [torch.full((3,), 30.0, dtype=torch.float64) for _ in np.flatnonzero(upto)]}
+    # The quarters' medians of the drifting run lie at epochs 6300, 6800, 7300, 7800: 0.0225 apart
+    # end to end, 0.03 per window.
+    drift = grok.window_drift(epochs[upto], x[:, upto], 8000, 2000)
+    assert np.allclose(drift[:2], [0.03, 0.0]) and drift[2] < 1e-3, drift
+    reach = grok.level_reach(0.005, drift, 8000, 2000)
+    assert np.allclose(reach[:2], [0.12, 0.02]), reach
+    moves = grok.convergence_movements(cfg, hist, 8000)
+    assert moves["move_levels"].tolist() == [1.0, 0.0, 0.0], moves["move_levels"]  # 0.2 within the drifting run's reach
+    assert grok.passes_convergence(moves, cfg).tolist() == [False, True, True]
+    # The forecast was right: trained on to twice the epoch, the drifting run crosses 0.2.
+    assert x[0, epochs == 16000][0] < 0.2 < x[0, epochs == 8000][0]
+    # settled_at_levels, reading a saved history at epoch 8000, agrees level by level.
+    h = dict(epoch=epochs[upto], test_acc=x[:, upto], stop_reason=np.array([""] * 3), stop_epoch=np.full(3, -1),
+             **{k: np.repeat(v.numpy()[:, None], upto.sum(), axis=1) for k, v in moves.items()})
+    saved = {k: getattr(cfg, k) for k in ("converge_window", "converge_acc", "converge_loss", "converge_norm",
+                                          "converge_levels", "converge_train_on")}
+    assert grok.settled_at_levels(h, saved, levels).tolist() == [[False, True, True, True], [True] * 4, [True] * 4]
 
 
 CONVERGE = dict(converge_window=60, converge_acc=0.05, converge_loss=0.1, converge_norm=0.006, epochs=300,

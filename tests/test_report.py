@@ -74,6 +74,17 @@ def test_p2_held_not_held_inconclusive():
     open_ = report.check_p2(ungrok_table({1.0: (SIZES, WIDE), 3.0: (SIZES, WIDE)}, converged=False))
     assert open_["outcome"] == "inconclusive" and {r["status"] for r in open_["rows"]} == {"open"}, open_
     assert report.check_p2(ungrok_table(sharp, seeds=(0, 1)))["outcome"] == "inconclusive"
+    # Seeds are counted over weight decays: three networks decided at wd 1, none at wd 3 (DRIFT
+    # misses the fall there), is three independent networks, held; the count per weight decay is shown.
+    one_wd = report.check_p2(ungrok_table({1.0: (SIZES, SHARP), 3.0: (SIZES, DRIFT)}))
+    assert one_wd["outcome"] == "held" and "3 with a decided curve; per weight decay wd 1: 3, wd 3: 0" in \
+        one_wd["seeds"], one_wd
+    # ... and a decided curve that fails at one weight decay still counts against: 3 of 6 pass,
+    # neither every one nor fewer than half.
+    mixed = report.check_p2(ungrok_table({1.0: (SIZES, SHARP), 3.0: (SIZES, WIDE)}))
+    assert mixed["outcome"] == "inconclusive" and "3 of 6 decided curves pass" in mixed["value"], mixed
+    assert report.check_p2(ungrok_table({1.0: (SIZES, SHARP), 3.0: (SIZES, DRIFT)}, seeds=(0, 1)))["outcome"] == \
+        "inconclusive"
 
 
 def test_p3_held_not_held_censored_inconclusive():
