@@ -164,7 +164,8 @@ def movement_line(sweep):
             f"record {which} accuracy moved {med(m['move_acc'])}, log({which} loss + 0.01) {med(m['move_loss'])}, log norm "
             f"{med(m['move_norm'])}; limits {c['converge_acc']:g}, {c['converge_loss']:g}, {c['converge_norm']:g}."
             + (f" The accuracy condition here is to stay on one side of each of {c['converge_levels']} over the window, "
-               f"farther from it than {c['converge_acc']:g} per {W} epochs of the run's age (--converge-levels), in place "
+               f"farther from it than the run's own drift (grok.level_reach; at least {c['converge_acc']:g}) per {W} epochs "
+               f"of its age (--converge-levels), in place "
                f"of its limit; at the last record "
                f"{int(np.sum(np.nan_to_num(m['move_levels'], nan=1.0) > 0))} of {len(m['move_levels'])} runs did not."
                if c.get("converge_levels") else ""))
