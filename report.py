@@ -171,6 +171,31 @@ def movement_line(sweep):
                if c.get("converge_levels") else ""))
 
 
+def unsettled_line(sweep):
+    """One line of results.md: per verdict level, the runs not settled there at their last record and the conditions they fail (None without --converge-levels)."""
+    # What keeps a bracket open: a run unsettled at a level neither blocks nor narrows it, so the
+    # reader needs to know whether it is still moving across the level (side or reach), or stands
+    # on its side while its loss (the circuit mix's gauge) or its norm still moves.
+    h, c = sweep["hist"], sweep["cfg"]
+    if not (c.get("converge_train_on") and c.get("converge_levels")) or "move_loss" not in h:
+        return None
+    levels = tuple(grok.parse_list(c["converge_levels"], float, "converge-levels"))
+    settled = grok.settled_at_levels(h, c, levels)  # [R, L]
+    side = grok.settled_at_levels(h, dict(c, converge_loss=np.inf, converge_norm=np.inf), levels)  # the side alone
+    R = len(settled)
+    at = grok.last_trained_record(h)
+    with np.errstate(invalid="ignore"):  # nan (a window not spanned) fails, as in the test
+        loss_bad = ~(np.asarray(h["move_loss"])[np.arange(R), at] <= c["converge_loss"])  # [R]
+        norm_bad = ~(np.asarray(h["move_norm"])[np.arange(R), at] <= c["converge_norm"])  # [R]
+    parts = []
+    for k, level in enumerate(levels):
+        un = ~settled[:, k]
+        parts.append(f"{level:g}: {int(un.sum())} (side or reach {int((un & ~side[:, k]).sum())}, loss "
+                     f"{int((un & loss_bad).sum())}, norm {int((un & norm_bad).sum())})")
+    return (f"Runs not settled at a level at their last record, of {R}, with the conditions they fail (a run can fail "
+            f"several): " + "; ".join(parts) + ".")
+
+
 # The levels the verdicts read: P2's 0.2 and 0.9, P3's 0.5, D_crit's 0.5 and 0.7. The long
 # profile's ungrokking runs pass the convergence test's accuracy condition by staying on one side of
 # each (grok.py --converge-levels), and false convergence counts a crossing of any of them.
@@ -1340,7 +1365,8 @@ def section_ungrok(folder):
     for r in p2["rows"]:
         L.append(f"| {r['seed']} | {r['wd']:g} | {r['n_conv']} of {r['n']} | {bracket_text(r['lo'], r['hi'])} | "
                  f"{width_text(r['width'])} | {r['status']} |")
-    L += ["", movement_line(sweep), "", false_convergence_line(sweep), ""]
+    unsettled = unsettled_line(sweep)
+    L += ["", movement_line(sweep), ""] + ([unsettled, ""] if unsettled else []) + [false_convergence_line(sweep), ""]
     L += ["### P2", ""] + verdict_lines(p2) + ["### P3", ""] + verdict_lines(p3)
     L += ["Figures: `fig4_ungrokking.png`, `fig7_ungrokking_runs.png`, `fig1b_ungrokking.png`.", ""]
     return L, [("P2: width of the transition in D'", p2), ("P3: spread of the transition over weight decays", p3)]
@@ -1429,7 +1455,8 @@ def section_semi(folder):
         L.append(f"| {t['D'][i]} | {t['seed'][i]} | {q['t_fit']:.0f} | {q['then']:.3f} | {q['final']:.3f} | "
                  f"{q['t_rise']:.0f} | {first[i] if first[i] >= 0 else 'never'} | {'yes' if t['converged'][i] else 'no'} | "
                  f"{q['sat']:.0f} | {q['outcome']} |")
-    L += ["", movement_line(sweep), "", false_convergence_line(sweep), ""] + verdict_lines(p4) + [
+    unsettled = unsettled_line(sweep)
+    L += ["", movement_line(sweep), ""] + ([unsettled, ""] if unsettled else []) + [false_convergence_line(sweep), ""] + verdict_lines(p4) + [
         "Figures: `fig5_semi_grokking.png`, `fig6_semi_grokking_run.png`, `fig1c_semi_grokking.png`.", "",
         f"The paper semi-groks at p=113 over up to 3e7 epochs (Fig. 6); this sweep is {budget(sweep)}. What a "
         f"verdict would need: {p4['need']} converged runs for a 'none' (here {int(t['converged'].sum())}), each trained "

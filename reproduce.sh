@@ -2,7 +2,7 @@
 # reproduce.sh: the paper's figures and a results report, from a fresh clone.
 #
 #   ./reproduce.sh                  quick profile: about 33 min on a 2-core CPU, no GPU (stage times in README.md)
-#   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, 91-129 min)
+#   ./reproduce.sh long             long profile: the same stages with budgets for convergence (CPU, 83-135 min)
 #   ./reproduce.sh paper            paper profile: one GPU, the paper's sizes as far as one GPU allows
 #   ./reproduce.sh quick fig4       one stage of a profile (stages are named after the figures)
 #   ./reproduce.sh quick list       the stages, with what each one runs
