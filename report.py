@@ -1455,8 +1455,7 @@ def section_semi(folder):
         L.append(f"| {t['D'][i]} | {t['seed'][i]} | {q['t_fit']:.0f} | {q['then']:.3f} | {q['final']:.3f} | "
                  f"{q['t_rise']:.0f} | {first[i] if first[i] >= 0 else 'never'} | {'yes' if t['converged'][i] else 'no'} | "
                  f"{q['sat']:.0f} | {q['outcome']} |")
-    unsettled = unsettled_line(sweep)
-    L += ["", movement_line(sweep), ""] + ([unsettled, ""] if unsettled else []) + [false_convergence_line(sweep), ""] + verdict_lines(p4) + [
+    L += ["", movement_line(sweep), "", false_convergence_line(sweep), ""] + verdict_lines(p4) + [
         "Figures: `fig5_semi_grokking.png`, `fig6_semi_grokking_run.png`, `fig1c_semi_grokking.png`.", "",
         f"The paper semi-groks at p=113 over up to 3e7 epochs (Fig. 6); this sweep is {budget(sweep)}. What a "
         f"verdict would need: {p4['need']} converged runs for a 'none' (here {int(t['converged'].sum())}), each trained "
