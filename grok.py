@@ -1034,13 +1034,14 @@ def convergence_movements(cfg, hist, epoch):
         # The loss enters as log(loss + 0.01): relative changes above 0.01 nats, and below it, where each
         # example's right class has probability > 0.99 and no claim reads the difference, almost none.
         acc = stack(f"{which}_acc")
-        levels = parse_list(cfg.converge_levels, float, "converge-levels") if cfg.converge_levels else []
-        W = cfg.converge_window
-        reach = level_reach(cfg.converge_acc, window_drift(hist["epoch"], acc, epoch, W), epoch, W) if levels else 0
-        sides = torch.from_numpy(window_straddles(hist["epoch"], acc, epoch, W, levels, reach)
-                                 if levels else np.full(R, np.nan))
+        sides = np.full(R, np.nan)  # [R]: levels straddled or within reach (--converge-levels only)
+        if cfg.converge_levels:
+            W = cfg.converge_window
+            reach = level_reach(cfg.converge_acc, window_drift(hist["epoch"], acc, epoch, W), epoch, W)  # [R]
+            levels = parse_list(cfg.converge_levels, float, "converge-levels")
+            sides = window_straddles(hist["epoch"], acc, epoch, W, levels, reach)
         return dict(move_acc=move(acc), move_loss=move(np.log(stack(f"{which}_loss") + 0.01)),
-                    move_norm=move(np.log(stack("param_norm"))), move_levels=sides)
+                    move_norm=move(np.log(stack("param_norm"))), move_levels=torch.from_numpy(sides))
 
 
 def level_reach(limit, drift, epoch, window):

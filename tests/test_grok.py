@@ -736,10 +736,11 @@ def test_the_reach_of_a_level_is_the_runs_own_drift_over_as_long_again():
     x = np.stack([0.40 - 0.03 * epochs / 2000, np.full(T, 0.28), 0.6 + 0.02 * np.sin(2 * np.pi * epochs / 1500)])
     cfg = grok.Config(converge_window=2000, converge_acc=0.005, converge_loss=0.05, converge_norm=0.005,
                       converge_levels="0.2,0.5,0.7,0.9", converge_train_on=True)
-    upto = epochs <= 8000
-    hist = {"epoch": epochs[upto].tolist(), "test_acc": [torch.tensor(x[:, t]) for t in np.flatnonzero(upto)],
-            "test_loss": [torch.full((3,), 0.5, dtype=torch.float64) for _ in np.flatnonzero(upto)],
-            "param_norm": [torch.full((3,), 30.0, dtype=torch.float64) for _ in np.flatnonzero(upto)]}
+    upto = epochs <= 8000  # the history as the loop holds it at epoch 8000
+    records = np.flatnonzero(upto)
+    hist = {"epoch": epochs[upto].tolist(), "test_acc": [torch.tensor(x[:, t]) for t in records],
+            "test_loss": [torch.full((3,), 0.5, dtype=torch.float64) for _ in records],
+            "param_norm": [torch.full((3,), 30.0, dtype=torch.float64) for _ in records]}
     # The quarters' medians of the drifting run lie at epochs 6300, 6800, 7300, 7800: 0.0225 apart
     # end to end, 0.03 per window.
     drift = grok.window_drift(epochs[upto], x[:, upto], 8000, 2000)
