@@ -1097,33 +1097,65 @@ def converged_at_end(h, cfg):
     return stopped | passes_convergence(last, test).numpy()
 
 
-def settled_at_levels(h, cfg, levels, at=None):
-    """Per run of a saved history and per level: does it pass the test at record `at` (default: its last while it
-    trained) with the accuracy condition read at that level alone? [R, len(levels)] bools."""
-    # A bracket at level L reads only which side of L a run's accuracy at convergence lies on (Sec.
-    # 5.2: "test accuracy at convergence"), so for that bracket a run is settled when its window's
-    # records lie on one side of L and out of reach of it, and the loss and norm conditions pass. A run
-    # that sits at 0.69 and wanders across 0.7 has no settled side of 0.7 (D_crit at 0.7 cannot use
-    # it), but it is settled above 0.5 (P3 can). Without --converge-levels, or for runs the test
-    # stopped, this is converged_at_end at every level.
+def loss_toward(epochs, loss, now, window):
+    """How far log(loss + 0.01) [R, T] rose and fell over the trailing window (now - window, now]: ([R], [R]), nan if the records do not span it."""
+    # The rise is the largest increase from one quarter's median to a later quarter's, the fall the
+    # largest decrease; the larger of the two is window_movement's range, the loop's move_loss.
+    m = quarter_medians(epochs, np.log(np.asarray(loss, float) + 0.01), now, window)
+    if m is None:
+        return np.full(len(loss), np.nan), np.full(len(loss), np.nan)
+    later = np.triu(np.ones((4, 4), bool), 1)  # [4, 4]: quarter j after quarter i
+    d = m[:, None, :] - m[:, :, None]  # [R, 4, 4]: d[r, i, j] = m[r, j] - m[r, i]
+    return np.where(later, d, -np.inf).max(axis=(1, 2)), np.where(later, -d, -np.inf).max(axis=(1, 2))
+
+
+def level_conditions(h, cfg, levels, at=None):
+    """The two conditions of a settled side, per run of a saved history and per level, at record `at` (default: its
+    last while it trained): {side: [R, L], loss: [R, L]} bools (a window not spanned fails)."""
+    # side: the window's records lie on one side of the level and out of reach of it (level_reach).
+    # loss: log(loss + 0.01) moved at most converge_loss TOWARD the level over the window: a rise
+    # for a run above it, a fall for one below it. The loss moves against the accuracy as the circuit
+    # mix shifts (C_mem replacing C_gen raises the test loss while accuracy falls, Fig. 7), so only
+    # movement toward a level can carry a run across it.
+    # A side first also asked the loss to stay within the limit moving away from the level, and the
+    # norm to stay within converge_norm. Neither says which side a run ends on, which is all that a
+    # bracket reads ("test accuracy at convergence", Sec. 5.2): a run below 0.5 that is still
+    # ungrokking moves its loss up and its norm down, and ends further below 0.5. The reason for the
+    # change: what a side is, not a verdict; the loss limit, the levels and the reach stay, and the
+    # whole-run test (passes_convergence: accuracy, loss either way, norm) stays for the claims that
+    # read more than a side (Fig. 10's logit ratios). The false-convergence check follows every
+    # (run, level) pair this settles to twice its epoch and counts crossings (report.py).
     R, L = len(h["stop_reason"]), len(levels)
-    if not (cfg.get("converge_train_on") and cfg.get("converge_levels")) or "move_loss" not in h:
-        return np.repeat(converged_at_end(h, cfg)[:, None], L, axis=1)
     at = last_trained_record(h) if at is None else np.broadcast_to(np.asarray(at), (R,))
     epoch, W = np.asarray(h["epoch"]), cfg["converge_window"]
-    acc = np.asarray(h["train_acc" if cfg.get("random_labels") else "test_acc"])  # [R, T]
-    rows = np.arange(R)
-    with np.errstate(invalid="ignore"):  # nan (a window not yet spanned) fails
-        ok = ((np.asarray(h["move_loss"])[rows, at] <= cfg["converge_loss"])
-              & (np.asarray(h["move_norm"])[rows, at] <= cfg["converge_norm"]))  # [R]
-    out = np.zeros((R, L), bool)
+    which = "train" if cfg.get("random_labels") else "test"
+    acc, loss = np.asarray(h[f"{which}_acc"]), np.asarray(h[f"{which}_loss"])  # [R, T]
+    side, loss_ok = np.zeros((R, L), bool), np.zeros((R, L), bool)
     for a in np.unique(at):  # the runs read at one record share its window: [n, T] at a time
         sel = at == a
         now = epoch[a]
         reach = level_reach(cfg["converge_acc"], window_drift(epoch, acc[sel], now, W), now, W)  # [n], as the loop's
+        rise, fall = loss_toward(epoch, loss[sel], now, W)  # [n]
         for k, level in enumerate(levels):
-            out[sel, k] = ok[sel] & (window_straddles(epoch, acc[sel], now, W, [level], reach) == 0)
-    return out
+            side[sel, k] = window_straddles(epoch, acc[sel], now, W, [level], reach) == 0
+            with np.errstate(invalid="ignore"):  # nan fails
+                loss_ok[sel, k] = np.where(acc[sel, a] >= level, rise, fall) <= cfg["converge_loss"]
+    return dict(side=side, loss=loss_ok)
+
+
+def settled_at_levels(h, cfg, levels, at=None):
+    """Per run of a saved history and per level: does it pass the test at record `at` (default: its last while it
+    trained) with the accuracy and loss conditions read at that level alone? [R, len(levels)] bools."""
+    # A bracket at level L reads only which side of L a run's accuracy at convergence lies on (Sec.
+    # 5.2: "test accuracy at convergence"), so for that bracket a run is settled when its window's
+    # records lie on one side of L and out of reach of it and its loss does not move toward L
+    # (level_conditions). A run that sits at 0.69 and wanders across 0.7 has no settled
+    # side of 0.7 (D_crit at 0.7 cannot use it), but it is settled above 0.5 (P3 can). Without
+    # --converge-levels, or for runs the test stopped, this is converged_at_end at every level.
+    if not (cfg.get("converge_train_on") and cfg.get("converge_levels")) or "move_loss" not in h:
+        return np.repeat(converged_at_end(h, cfg)[:, None], len(levels), axis=1)
+    c = level_conditions(h, cfg, levels, at)
+    return c["side"] & c["loss"]
 
 
 def still_training(stops):

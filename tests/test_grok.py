@@ -683,40 +683,73 @@ def test_converge_levels_need_the_level_out_of_reach_for_as_long_again():
         assert moves["move_levels"].tolist() == want, (now, moves["move_levels"], want)
         assert grok.passes_convergence(moves, cfg).tolist() == want_pass, now
 
+def quarter_rise_fall(epochs, y, now, window):
+    """Brute force: the largest rise and fall of y between the trailing window's quarters' medians, a later one
+    minus an earlier one ((rise, fall) per row)."""
+    q = [np.median(y[:, (epochs > now - window + i * window / 4) & (epochs <= now - window + (i + 1) * window / 4)],
+                   axis=1) for i in range(4)]
+    rise = np.max([q[j] - q[i] for i in range(4) for j in range(i + 1, 4)], axis=0)
+    fall = np.max([q[i] - q[j] for i in range(4) for j in range(i + 1, 4)], axis=0)
+    return rise, fall
+
+
+def test_loss_toward_is_the_rise_and_fall_between_quarters_and_its_larger_is_the_loops_range():
+    # Against brute force over the quarters, on noise, a steady rise, a steady fall and a swing; the
+    # larger of rise and fall is the range that the loop records as move_loss (window_movement).
+    rng = np.random.default_rng(0)
+    epochs = np.arange(0, 4001, 50)
+    T = len(epochs)
+    loss = np.stack([np.exp(rng.normal(0, 0.05, T)), 0.3 * np.exp(epochs / 2000), 0.3 * np.exp(-epochs / 2000),
+                     0.3 * np.exp(0.2 * np.sin(epochs / 150))])
+    rise, fall = grok.loss_toward(epochs, loss, 4000, 2000)
+    want_rise, want_fall = quarter_rise_fall(epochs, np.log(loss + 0.01), 4000, 2000)
+    assert np.allclose(rise, want_rise) and np.allclose(fall, want_fall), (rise - want_rise, fall - want_fall)
+    assert rise[1] > 0.5 and fall[1] < 0 and fall[2] > 0.5 and rise[2] < 0, (rise, fall)  # one way only
+    assert np.allclose(np.maximum(rise, fall), grok.window_movement(epochs, np.log(loss + 0.01), 4000, 2000))
+    assert np.isnan(grok.loss_toward(epochs, loss, 1000, 2000)[0]).all()  # the window is not spanned yet
+
+
 def test_settled_at_levels_reads_each_level_alone():
     # A bracket at level L reads only the side of L: a run wandering across 0.7 has a settled side of
-    # 0.5 and none of 0.7. Against brute force over the window's records, and, at every level at once,
-    # against the loop's own test (convergence_movements, passes_convergence).
+    # 0.5 and none of 0.7, and a run whose loss rises (its accuracy would fall) has no settled side of
+    # a level below it, but keeps the sides of the levels above it. Against brute force over the
+    # window's records and quarters.
     levels = (0.2, 0.5, 0.7, 0.9)
     epochs = np.arange(0, 8001, 100)
     T = len(epochs)
     x = np.stack([0.69 + 0.015 * np.sin(epochs / 200),  # across 0.7, inside (0.5, 0.9)
-                  np.full(T, 0.35), np.full(T, 0.35),  # settled; the second fails the loss condition
+                  np.full(T, 0.35), np.full(T, 0.35), np.full(T, 0.35),  # on their sides; loss flat, rising, swinging
                   np.full(T, 0.515)])  # 0.015 from 0.5: inside the reach at epoch 8000 (0.005 * 8000 / 2000)
-    loss = np.full((4, T), 0.5)
-    loss[2] = 0.5 * np.exp(np.sin(epochs / 300))  # a loss that swings: log(loss + 0.01) moves far over 0.05
+    loss = np.full((5, T), 0.5)
+    loss[2] = 0.5 * np.exp(epochs / 4000)  # log(loss + 0.01) rises about 0.5 over the window
+    loss[3] = 0.5 * np.exp(np.sin(epochs / 300))  # swings: rises and falls far over 0.05
+    norm = np.full((5, T), 30.0)
+    norm[2] = 30.0 * np.exp(-epochs / 4000)  # a moving norm as well, which a side does not read
     cfg = grok.Config(converge_window=2000, converge_acc=0.005, converge_loss=0.05, converge_norm=0.005,
                       converge_levels="0.2,0.5,0.7,0.9", converge_train_on=True)
     hist = {"epoch": epochs.tolist(), "test_acc": [torch.tensor(x[:, t]) for t in range(T)],
             "test_loss": [torch.tensor(loss[:, t]) for t in range(T)],
-            "param_norm": [torch.full((4,), 30.0, dtype=torch.float64) for _ in range(T)]}
+            "param_norm": [torch.tensor(norm[:, t]) for t in range(T)]}
     moves = grok.convergence_movements(cfg, hist, 8000)
-    h = dict(epoch=epochs, test_acc=x, stop_reason=np.array([""] * 4), stop_epoch=np.full(4, -1),
+    h = dict(epoch=epochs, test_acc=x, test_loss=loss, stop_reason=np.array([""] * 5), stop_epoch=np.full(5, -1),
              **{k: np.repeat(v.numpy()[:, None], T, axis=1) for k, v in moves.items()})
     saved = {k: getattr(cfg, k) for k in ("converge_window", "converge_acc", "converge_loss", "converge_norm",
                                           "converge_levels", "converge_train_on")}
     got = grok.settled_at_levels(h, saved, levels)
-    inside = x[:, epochs > 6000]  # [4, 20]: five records a quarter
+    inside = x[:, epochs > 6000]  # [5, 20]: five records a quarter
     # The reach: the run's own drift per window (last quarter's median minus the first's, 3/4 of a
     # window apart), at least 0.005, over as long again as it has trained (8000 epochs, 4 windows).
     drift = np.array([abs(np.median(row[15:]) - np.median(row[:5])) * 4 / 3 for row in inside])
     reach = np.maximum(0.005, drift) * 8000 / 2000
-    ok = (moves["move_loss"] <= 0.05).numpy() & (moves["move_norm"] <= 0.005).numpy()
-    want = np.array([[ok[r] and ((row < lv).all() or (row >= lv).all()) and np.abs(row - lv).min() > reach[r]
-                      for lv in levels] for r, row in enumerate(inside)])
+    rise, fall = quarter_rise_fall(epochs, np.log(loss + 0.01), 8000, 2000)
+    want = np.array([[((row < lv).all() or (row >= lv).all()) and np.abs(row - lv).min() > reach[r]
+                      and (rise[r] if row[-1] >= lv else fall[r]) <= 0.05 for lv in levels]
+                     for r, row in enumerate(inside)])
     assert np.array_equal(got, want), (got, want)
-    assert got.tolist() == [[True, True, False, True], [True] * 4, [False] * 4, [True, False, True, True]], got
-    assert np.array_equal(got.all(axis=1), grok.passes_convergence(moves, cfg).numpy())
+    assert got.tolist() == [[True, True, False, True], [True] * 4, [False, True, True, True], [False] * 4,
+                            [True, False, True, True]], got
+    # The loop's whole-run test reads more: every level at once, the loss either way and the norm.
+    assert grok.passes_convergence(moves, cfg).tolist() == [False, True, False, False, False]
     # Without --converge-levels, every level reads the run's own test.
     plain = {**saved, "converge_levels": ""}
     assert np.array_equal(grok.settled_at_levels(h, plain, levels),
@@ -753,7 +786,8 @@ def test_the_reach_of_a_level_is_the_runs_own_drift_over_as_long_again():
     # The forecast was right: trained on to twice the epoch, the drifting run crosses 0.2.
     assert x[0, epochs == 16000][0] < 0.2 < x[0, epochs == 8000][0]
     # settled_at_levels, reading a saved history at epoch 8000, agrees level by level.
-    h = dict(epoch=epochs[upto], test_acc=x[:, upto], stop_reason=np.array([""] * 3), stop_epoch=np.full(3, -1),
+    h = dict(epoch=epochs[upto], test_acc=x[:, upto], test_loss=np.full((3, upto.sum()), 0.5),
+             stop_reason=np.array([""] * 3), stop_epoch=np.full(3, -1),
              **{k: np.repeat(v.numpy()[:, None], upto.sum(), axis=1) for k, v in moves.items()})
     saved = {k: getattr(cfg, k) for k in ("converge_window", "converge_acc", "converge_loss", "converge_norm",
                                           "converge_levels", "converge_train_on")}
