@@ -165,6 +165,13 @@ def test_false_convergence_follows_each_run_from_where_it_settled_at_each_level(
     assert "7 (run, level) pairs, 2 runs" in report.false_convergence_line(dict(hist=h, cfg=cfg))
     h["test_acc"] = np.stack([wander, np.full(T, 0.6)])  # run 1 stays: nothing crosses
     assert report.false_convergence(dict(hist=h, cfg=cfg))["within"]
+    # A side claims no still norm (grok.level_conditions): a norm that moves 0.05 (log) per window
+    # after the run settled is shown, and does not count against the test; without levels it does.
+    h["param_norm"] = np.stack([np.full(T, 20.0), 20.0 * np.exp(-0.05 * e / 1000)])
+    f = report.false_convergence(dict(hist=h, cfg=cfg))
+    assert f["within"] and np.isclose(f["norm_per_window"].max(), 0.05), f
+    assert "a side reads no norm" in report.false_convergence_line(dict(hist=h, cfg=cfg))
+    assert not report.false_convergence(dict(hist=h, cfg=dict(cfg, converge_levels="")))["within"]
 
 
 def test_unsettled_line_names_the_conditions_a_run_fails_at_each_level():
