@@ -141,8 +141,8 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
     # (a probe run's curves all lay below 0.2 at 115, so 100 adds nothing),
     # and trains every run to its budget while recording the test (--converge-train-on): a run
     # counts as converged only if it passes at its last record, and runs that passed early
-    # measure false convergence. Four source networks: P2 and P3 need 3 decided networks, and a
-    # network near a grid point can leave a curve undecided.
+    # measure false convergence. Five source networks (below): P2 and P3 need 3 decided networks,
+    # and a network near a grid point can leave a curve undecided.
     # The brackets read only which side of their levels a converged run's accuracy lies on, so the
     # accuracy condition is that side (--converge-levels) rather than a movement of 0.005: a run
     # settled at 0.6 that still wanders by 0.01 changes no verdict. A side counts only with the level
@@ -156,7 +156,7 @@ elif [ "$PROFILE" = quick ] || [ "$PROFILE" = long ]; then
     # convergence follows each run and level from where it settled there and counts a crossing.
     # Sources trained twice as long: their trig share still rises after 2000 epochs (a probe of seeds
     # 0-3 on all 1681 pairs at wd 1: seed 3 at 0.960 by epoch 2301 and 0.971 by 4000, the others
-    # 0.98-0.99), and a source must pass the > 95% check to be used. 200 s for the four.
+    # 0.98-0.99), and a source must pass the > 95% check to be used. About 50 s a source.
     # Source seeds 9 and 11-14: the grids, the test and the rules were chosen on runs from seeds
     # 0-8 (docs/measurements.md), so the verdicts are read on networks that none of those choices
     # saw. Seed 10 ends at a trig share of 0.927 at 4000 epochs, under the > 95% a source needs;
